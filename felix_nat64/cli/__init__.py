@@ -1,0 +1,1 @@
+"""The felix-nat64 command line: one module per command."""

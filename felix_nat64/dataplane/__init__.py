@@ -1,0 +1,1 @@
+"""The driver's loop: fold Felix's messages, gate on InSync, apply, retry."""

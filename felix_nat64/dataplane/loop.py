@@ -1,0 +1,260 @@
+"""The driver's main loop, shaped like Felix's internal dataplane loop.
+
+Messages are folded into a FelixView as they arrive (no kernel work); once
+Felix has said InSync, a burst of messages is coalesced into one
+recalculation, and the dataplane is applied only when the desired state
+changed, a retry is due after a failure, or the periodic resync is due.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import queue
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from felix_nat64.dataplane.managers import FelixView
+from felix_nat64.model.desired import CapacityError, build_desired
+from felix_nat64.model.jsonview import to_jsonable
+from felix_nat64.model.state import DesiredState
+from felix_nat64.observe.logs import EventLogger
+from felix_nat64.observe.status import ApplyRecord, StatusBoard
+from felix_nat64.wire import messages as m
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """The Felix stream ended: cleanly (error empty) or on a framing error."""
+
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    """What an apply changed in the kernel (0 when it was already right)."""
+
+    changes: int = 0
+
+
+class DataplaneError(Exception):
+    """The kernel could not be brought to the desired state (retryable)."""
+
+
+class Dataplane(Protocol):
+    """The kernel side: the only place that mutates the node."""
+
+    def adopt(self) -> Mapping[ipaddress.IPv6Network, ipaddress.IPv4Network]:
+        """Finds translators a previous driver left, keyed by /96 parent."""
+        ...
+
+    def apply(self, desired: DesiredState, resync: bool) -> ApplyOutcome:
+        """Makes the kernel match `desired`; raises DataplaneError on failure.
+
+        With `resync`, cached kernel state is re-read first, so drift made
+        by others is found and repaired.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    coalesce_seconds: float = 0.05  # wait this long for more messages after one arrives
+    max_coalesce_seconds: float = 0.5  # but never delay a recalculation longer
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    default_resync_interval: float = 30.0
+
+
+Event = m.FelixMessage | m.Undecodable | StreamEnd
+
+
+class DataplaneLoop:
+    """Folds events and keeps the kernel converged on the desired state."""
+
+    def __init__(
+        self,
+        events: queue.Queue[Event],
+        dataplane: Dataplane,
+        status: StatusBoard,
+        *,
+        view: FelixView | None = None,
+        options: LoopOptions = LoopOptions(),
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        publish: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._events = events
+        self._dataplane = dataplane
+        self._status = status
+        self.view = view or FelixView()
+        self._opt = options
+        self._clock = clock
+        self._wall = wall_clock
+        self._publish = publish
+        self._log = EventLogger("loop")
+        self._dirty = False
+        self._applied: DesiredState | None = None
+        self._blocks: Mapping[ipaddress.IPv6Network, ipaddress.IPv4Network] | None = None
+        self._retry_at: float | None = None
+        self._backoff = options.backoff_initial
+        self._resync_at: float | None = None
+        self.recalculations = 0
+
+    # -- event handling -----------------------------------------------------
+
+    def run(self) -> StreamEnd:
+        """Runs until the stream ends; returns how it ended."""
+        while True:
+            timeout = self._timeout()
+            try:
+                event = self._events.get(timeout=timeout)
+            except queue.Empty:
+                event = None
+            if event is not None:
+                end = self._fold_burst(event)
+                if end is not None:
+                    return end
+            self.step()
+
+    def _timeout(self) -> float | None:
+        deadlines = [d for d in (self._retry_at, self._resync_at) if d is not None]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - self._clock())
+
+    def _fold_burst(self, first: Event) -> StreamEnd | None:
+        """Folds `first` and whatever follows within the coalescing window."""
+        start = self._clock()
+        event: Event | None = first
+        while event is not None:
+            if isinstance(event, StreamEnd):
+                return event
+            self.handle(event)
+            now = self._clock()
+            wait = min(self._opt.coalesce_seconds, start + self._opt.max_coalesce_seconds - now)
+            try:
+                event = self._events.get_nowait() if wait <= 0 else self._events.get(timeout=wait)
+            except queue.Empty:
+                event = None
+            if wait <= 0 and event is None:
+                break
+        return None
+
+    def handle(self, event: m.FelixMessage | m.Undecodable) -> None:
+        """Folds one event into the view (no kernel work)."""
+        if isinstance(event, m.Undecodable):
+            return  # counted and logged by the reader
+        was_in_sync = self.view.in_sync
+        if self.view.on_message(event):
+            self._dirty = True
+        if isinstance(event, m.ConfigUpdate):
+            self._publish_settings()
+        if self.view.in_sync and not was_in_sync:
+            self._log.info("in sync with Felix", pools=len(self.view.pools.pools),
+                           hosts=len(self.view.hosts.hosts))
+            self._status.update(in_sync=True, in_sync_at=self._wall())
+            self._publish()
+
+    def _publish_settings(self) -> None:
+        result = self.view.settings.last_result
+        if result is None:
+            return
+        self._status.update(
+            settings_ok=result.ok,
+            settings_errors=[str(e) for e in result.errors],
+            settings_warnings=list(result.warnings),
+            settings=to_jsonable(self.view.settings.in_force),
+            origins={k: {"source": o.source or "felix (resolved)", "raw_key": o.raw_key,
+                         "value": o.value} for k, o in result.origins.items()},
+            settings_rejections=self.view.settings.rejections,
+        )
+        self._publish()
+
+    # -- applying -------------------------------------------------------------
+
+    def step(self) -> None:
+        """Recalculates and applies if anything calls for it."""
+        if not self.view.in_sync:
+            return
+        now = self._clock()
+        retry_due = self._retry_at is not None and now >= self._retry_at
+        resync_due = self._resync_at is not None and now >= self._resync_at
+        if not (self._dirty or retry_due or resync_due):
+            return
+        desired = self._recalculate()
+        if desired is None:
+            self._dirty = False
+            self._retry_at = None
+            return
+        self._dirty = False
+        if desired == self._applied and not retry_due and not resync_due:
+            return
+        self._apply(desired, resync=resync_due or retry_due)
+
+    def _recalculate(self) -> DesiredState | None:
+        if self.view.settings.in_force is None:
+            return None  # no good settings yet: leave the kernel as it is
+        inputs = self.view.inputs(self._known_blocks())
+        assert inputs is not None
+        self.recalculations += 1
+        try:
+            desired = build_desired(inputs)
+        except CapacityError as exc:
+            self._log.error("desired state impossible", reason=str(exc))
+            self._status.update(desired_error=str(exc))
+            self._publish()
+            return None
+        self._status.update(desired=to_jsonable(desired), desired_error="",
+                            warnings=list(desired.warnings))
+        return desired
+
+    def _known_blocks(self) -> Mapping[ipaddress.IPv6Network, ipaddress.IPv4Network]:
+        if self._blocks is None:
+            try:
+                self._blocks = dict(self._dataplane.adopt())
+            except DataplaneError as exc:
+                self._log.warning("could not read existing translators", error=str(exc))
+                return {}
+            if self._blocks:
+                self._log.info("adopting existing translators",
+                               parents=",".join(str(p) for p in self._blocks))
+        return self._blocks
+
+    def _apply(self, desired: DesiredState, resync: bool) -> None:
+        start = self._clock()
+        try:
+            outcome = self._dataplane.apply(desired, resync)
+        except DataplaneError as exc:
+            duration = self._clock() - start
+            self._retry_at = self._clock() + self._backoff
+            self._log.warning("apply failed", error=str(exc), retry_in=round(self._backoff, 3))
+            self._backoff = min(self._backoff * 2, self._opt.backoff_max)
+            self._status.record_apply(ApplyRecord(self._wall(), duration, False, str(exc),
+                                                  resync=resync))
+            self._publish()
+            return
+        duration = self._clock() - start
+        first = self._applied is None
+        self._applied = desired
+        self._blocks = dict(desired.blocks)
+        self._retry_at = None
+        self._backoff = self._opt.backoff_initial
+        interval = self.view.settings.in_force.resync_interval if self.view.settings.in_force \
+            else self._opt.default_resync_interval
+        self._resync_at = self._clock() + interval
+        if resync and outcome.changes and not first:
+            self._status.increment("drift_repairs")
+            self._log.warning("repaired drift in kernel state", changes=outcome.changes)
+        if first or outcome.changes:
+            self._log.info("dataplane applied", translators=len(desired.translators),
+                           changes=outcome.changes, duration=round(duration, 4))
+        self._status.record_apply(ApplyRecord(self._wall(), duration, True, "", outcome.changes,
+                                              resync))
+        self._publish()
+
+    @property
+    def applied(self) -> DesiredState | None:
+        """The last desired state the kernel was brought to."""
+        return self._applied

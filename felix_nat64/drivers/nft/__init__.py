@@ -1,0 +1,1 @@
+"""felix-nat64's nftables table: steering, refusals, protection and SNAT."""

@@ -1,0 +1,132 @@
+"""Desired state in kernel terms: what each driver programs (pure).
+
+Shared by the drivers and by `felix-nat64 render`, so a dry run shows
+exactly what the driver would do.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from felix_nat64.drivers.nft import ruleset
+from felix_nat64.model.jsonview import to_jsonable
+from felix_nat64.model.state import (
+    JOOL_INSTANCE,
+    NODE_LINK_LL,
+    NS_LINK_LL,
+    DesiredState,
+    Translator,
+)
+
+DEFAULT_MTU = 1500
+POOL4_PORTS = (1024, 65535)  # TCP/UDP; nothing else in the namespace uses ports
+POOL4_ICMP_IDS = (0, 65535)
+
+
+@dataclass(frozen=True)
+class Pool4Entry:
+    """One Jool pool4 entry."""
+
+    proto: str  # "tcp" | "udp" | "icmp"
+    prefix: ipaddress.IPv4Network
+    port_min: int
+    port_max: int
+    mark: int = 0
+
+
+@dataclass(frozen=True)
+class JoolConfig:
+    """A Jool NAT64 instance as felix-nat64 wants it."""
+
+    instance: str
+    pool6: ipaddress.IPv6Network
+    pool4: tuple[Pool4Entry, ...]
+    # Jool global names as its CLI spells them; timeouts in milliseconds.
+    globals: Mapping[str, int | bool]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route felix-nat64 owns."""
+
+    dst: ipaddress.IPv4Network | ipaddress.IPv6Network
+    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dev: str
+    table: int  # 254 is main
+
+
+MAIN_TABLE = 254
+
+
+def jool_config(t: Translator, desired: DesiredState, mtu: int) -> JoolConfig:
+    """The Jool instance serving translator `t`."""
+    pool4 = tuple(
+        Pool4Entry(proto, t.pool4, *(POOL4_ICMP_IDS if proto == "icmp" else POOL4_PORTS))
+        for proto in ("tcp", "udp", "icmp")
+    )
+    to = desired.timeouts
+    return JoolConfig(
+        instance=JOOL_INSTANCE,
+        pool6=t.parent,
+        pool4=pool4,
+        globals={
+            "tcp-est-timeout": int(to.tcp_established * 1000),
+            "tcp-trans-timeout": int(to.tcp_transitory * 1000),
+            "udp-timeout": int(to.udp * 1000),
+            "icmp-timeout": int(to.icmp * 1000),
+            "lowest-ipv6-mtu": max(mtu, 1280),
+        },
+    )
+
+
+def node_routes(desired: DesiredState) -> tuple[Route, ...]:
+    """Routes in the node's namespace: NAT64 prefixes into the translators
+    (policy table, reached by fwmark), and each pool4 back to its translator."""
+    routes: list[Route] = []
+    for t in desired.translators:
+        for prefix in t.prefixes:
+            routes.append(Route(prefix, NS_LINK_LL.ip, t.node_link, desired.routing_table))
+        routes.append(Route(t.pool4, t.link_ns_addr.ip, t.node_link, MAIN_TABLE))
+    return tuple(routes)
+
+
+def translator_routes(t: Translator) -> tuple[Route, ...]:
+    """Default routes inside a translator namespace, both back to the node."""
+    return (
+        Route(ipaddress.IPv6Network("::/0"), NODE_LINK_LL.ip, t.ns_link, MAIN_TABLE),
+        Route(ipaddress.IPv4Network("0.0.0.0/0"), t.link_node_addr.ip, t.ns_link, MAIN_TABLE),
+    )
+
+
+def program(desired: DesiredState, mtu: int | None = None) -> dict[str, Any]:
+    """Everything the drivers would program, as JSON."""
+    if not desired.active:
+        return {"nftables": None, "routing": None, "translators": [],
+                "summary": "NAT64 off: every felix-nat64 object is removed"}
+    effective_mtu = mtu or desired.mtu or DEFAULT_MTU
+    return {
+        "nftables": {"nftables": ruleset.render(desired).commands()},
+        "routing": {
+            "rule": {"fwmark": desired.firewall_mark, "mask": desired.firewall_mark,
+                     "table": desired.routing_table, "priority": desired.rule_priority,
+                     "family": "inet6"},
+            "routes": to_jsonable(node_routes(desired)),
+        },
+        "translators": [
+            {
+                "namespace": t.namespace,
+                "node_link": {"name": t.node_link, "addresses": [str(t.link_node_addr), str(NODE_LINK_LL)],
+                              "mtu": effective_mtu, "gro": False},
+                "ns_link": {"name": t.ns_link, "addresses": [str(t.link_ns_addr), str(NS_LINK_LL)],
+                            "mtu": effective_mtu, "gro": False},
+                "routes": to_jsonable(translator_routes(t)),
+                "sysctls": {"net.ipv4.conf.all.forwarding": 1, "net.ipv6.conf.all.forwarding": 1},
+                "jool": to_jsonable(jool_config(t, desired, effective_mtu)),
+            }
+            for t in desired.translators
+        ],
+        "mtu": effective_mtu if mtu or desired.mtu else f"auto (pod network MTU, else {DEFAULT_MTU})",
+    }

@@ -1,0 +1,148 @@
+"""The pure calculation: inputs in, desired dataplane state out.
+
+No I/O and no clock: the same inputs always give the same state, so it is
+tested exhaustively without root and `felix-nat64 render` shows exactly what
+the driver would program.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+
+from felix_nat64.model import addressing, special_ipv4
+from felix_nat64.model.state import (
+    BLOCK_PREFIXLEN,
+    DesiredState,
+    Inputs,
+    Pool,
+    RefusedDestination,
+    Snat,
+    Timeouts,
+    Translator,
+)
+
+IPv4Net = ipaddress.IPv4Network
+IPv6Net = ipaddress.IPv6Network
+
+
+class CapacityError(ValueError):
+    """More /96 parents than NAT64Pool4CIDR has /28 blocks."""
+
+
+def build_desired(inputs: Inputs) -> DesiredState:
+    """Computes the desired state; raises CapacityError if it cannot exist."""
+    s = inputs.settings
+    if not s.active:
+        return DesiredState()
+    parents = sorted({addressing.parent96(p) for p in s.prefixes})
+    blocks = allocate_blocks(parents, s.pool4_cidr, inputs.previous_blocks)
+    translators = tuple(
+        Translator(parent, tuple(p for p in s.prefixes if p.subnet_of(parent)), blocks[parent])
+        for parent in parents
+    )
+    sources, warnings = _sources(inputs)
+    refused = tuple(_refused(inputs, s.prefixes))
+    return DesiredState(
+        translators=translators,
+        sources=sources,
+        refused=refused,
+        snat=Snat(s.snat_address, s.port_range),
+        mtu=s.mtu,
+        timeouts=Timeouts(s.tcp_established_timeout, s.tcp_transitory_timeout, s.udp_timeout,
+                          s.icmp_timeout),
+        pool4_cidr=s.pool4_cidr,
+        workload_iface_prefixes=s.interface_prefixes,
+        firewall_mark=s.firewall_mark,
+        routing_table=s.routing_table,
+        rule_priority=s.rule_priority,
+        warnings=tuple(warnings),
+    )
+
+
+def allocate_blocks(parents: Iterable[IPv6Net], pool4_cidr: IPv4Net,
+                    previous: Mapping[IPv6Net, IPv4Net]) -> dict[IPv6Net, IPv4Net]:
+    """Gives each /96 parent a /28 of the pool4 range, keeping existing ones.
+
+    A parent keeps its block while the block is still inside the range, so
+    adding or removing another prefix never moves a live translator.
+    """
+    wanted = list(parents)
+    all_blocks = list(pool4_cidr.subnets(new_prefix=BLOCK_PREFIXLEN))
+    result: dict[IPv6Net, IPv4Net] = {}
+    used: set[IPv4Net] = set()
+    for parent in wanted:
+        block = previous.get(parent)
+        if block is not None and block.prefixlen == BLOCK_PREFIXLEN and block.subnet_of(pool4_cidr) \
+                and block not in used:
+            result[parent] = block
+            used.add(block)
+    free = (b for b in all_blocks if b not in used)
+    for parent in wanted:
+        if parent in result:
+            continue
+        block = next(free, None)
+        if block is None:
+            raise CapacityError(
+                f"NAT64Pool4CIDR {pool4_cidr} has {len(all_blocks)} /28 blocks but "
+                f"{len(wanted)} translators (one per /96 parent) need one each; use a larger range"
+            )
+        result[parent] = block
+    return result
+
+
+def _sources(inputs: Inputs) -> tuple[tuple[IPv6Net, ...], list[str]]:
+    s = inputs.settings
+    warnings: list[str] = []
+    v6_pools = [p for p in inputs.pools if isinstance(p.cidr, IPv6Net)]
+    for prefix in s.prefixes:
+        covering = [p for p in v6_pools if prefix.subnet_of(p.cidr)]  # type: ignore[arg-type]
+        masquerading = [p for p in v6_pools if p.masquerade and not p.cidr.overlaps(prefix)]
+        if masquerading and not covering:
+            warnings.append(
+                f"IPv6 pool {masquerading[0].cidr} has natOutgoing but no IP pool covers NAT64 "
+                f"prefix {prefix}: Felix will masquerade that traffic before it is translated; "
+                f"create a disabled IP pool with cidr {prefix}"
+            )
+        for pool in covering:
+            if pool.cidr.prefixlen < 96 and pool.for_workloads:
+                warnings.append(
+                    f"IP pool {pool.cidr} contains NAT64 prefix {prefix}: it is treated as the "
+                    "prefix's covering pool, not as a NAT64 source; list pod CIDRs in "
+                    "NAT64SourceCIDRs if pods use it"
+                )
+    if s.source_cidrs is not None:
+        return s.source_cidrs, warnings
+    sources = sorted({
+        p.cidr for p in v6_pools
+        if p.for_workloads and not _overlaps_any(p, s.prefixes)
+    }, key=lambda n: (n.network_address, n.prefixlen))
+    if not sources:
+        warnings.append("no IPv6 IP pool for workloads: no pod can use NAT64 yet")
+    return tuple(sources), warnings  # type: ignore[arg-type]
+
+
+def _overlaps_any(pool: Pool, prefixes: Iterable[IPv6Net]) -> bool:
+    return any(pool.cidr.overlaps(p) for p in prefixes)
+
+
+def _refused(inputs: Inputs, prefixes: Iterable[IPv6Net]) -> Iterable[RefusedDestination]:
+    s = inputs.settings
+    node_ranges = [
+        special_ipv4.RefusedRange(IPv4Net(h.ipv4), f"address of Calico node {h.hostname}")
+        for h in sorted(inputs.hosts, key=lambda h: h.hostname) if h.ipv4 is not None
+    ]
+    own = [special_ipv4.RefusedRange(s.pool4_cidr, "felix-nat64's node-internal pool4 range")]
+    for prefix in prefixes:
+        parent = addressing.parent96(prefix)
+        reachable = addressing.ipv4_range(prefix)
+        found: dict[IPv4Net, str] = {}
+        for rng in special_ipv4.refused_for(prefix) + tuple(own) + tuple(node_ranges):
+            overlap = addressing.intersect4(rng.network, reachable)
+            if overlap is not None and overlap not in found:
+                found[overlap] = rng.reason
+        # nftables interval sets reject overlapping elements: keep only the widest.
+        for net in sorted(found, key=lambda n: (n.network_address, n.prefixlen)):
+            if any(net != other and net.subnet_of(other) for other in found):
+                continue
+            yield RefusedDestination(addressing.embed(parent, net), net, found[net])

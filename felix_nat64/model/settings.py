@@ -1,0 +1,437 @@
+"""NAT64 settings: what operators set, how it is read from Felix, validation.
+
+Felix forwards every configuration key it does not know itself in
+`ConfigUpdate`, whatever its source: `FELIX_NAT64...` environment variables
+(lower-cased by Felix), the config file, and `config.projectcalico.org/NAT64...`
+annotations on FelixConfiguration `node.<name>` and `default`. Only keys that
+were set arrive, so the defaults live here.
+
+A set of settings is accepted or rejected as a whole: one bad value keeps the
+last good settings in force, so a typo never half-applies a change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from felix_nat64.model import values as v
+from felix_nat64.wire.messages import ConfigUpdate
+
+# RFC 6146 section 4 and RFC 5382 REQ-5; Jool itself refuses anything shorter
+# than its own minimums (TCP established 2 h, transitory 4 min, UDP 2 min).
+DEFAULT_TCP_ESTABLISHED = 2 * 3600 + 4 * 60
+DEFAULT_TCP_TRANSITORY = 4 * 60
+DEFAULT_UDP = 5 * 60
+DEFAULT_ICMP = 60
+
+# Marks that other node components are known to own: kube-proxy's masquerade
+# and drop bits.
+KUBE_PROXY_MARKS = 0x4000 | 0x8000
+
+JOOL_MAX_TIMEOUT = 0xFFFFFFFF // 1000  # Jool carries timeouts as u32 milliseconds
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated felix-nat64 settings (every field has its default)."""
+
+    enabled: bool = True
+    prefixes: tuple[ipaddress.IPv6Network, ...] = ()
+    snat_address: ipaddress.IPv4Address | None = None
+    source_cidrs: tuple[ipaddress.IPv6Network, ...] | None = None
+    port_range: v.PortRange | None = None
+    mtu: int | None = None
+    tcp_established_timeout: float = DEFAULT_TCP_ESTABLISHED
+    tcp_transitory_timeout: float = DEFAULT_TCP_TRANSITORY
+    udp_timeout: float = DEFAULT_UDP
+    icmp_timeout: float = DEFAULT_ICMP
+    pool4_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("169.254.64.0/24")
+    firewall_mark: int = 0x1000
+    routing_table: int = 6464
+    rule_priority: int = 96
+    resync_interval: float = 30.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9096
+    log_format: str = "keyvalue"
+    log_level: str = "info"
+    # Read from Felix's own parameters.
+    hostname: str = ""
+    interface_prefixes: tuple[str, ...] = ("cali",)
+    felix_mark_mask: int = 0xFFFF0000
+
+    @property
+    def active(self) -> bool:
+        """NAT64 is wanted: enabled and at least one prefix."""
+        return self.enabled and bool(self.prefixes)
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One setting: its key, where it lands in `Settings`, how to parse it."""
+
+    key: str
+    attr: str
+    parse: Callable[[str], Any]
+    help: str
+    example: str
+    felix_owned: bool = False  # a Felix parameter we read, not one of ours
+
+
+def _prefixes(text: str) -> tuple[ipaddress.IPv6Network, ...]:
+    items = v.split_list(text)
+    nets: list[ipaddress.IPv6Network] = []
+    for item in items:
+        net = v.parse_ipv6_network(item)
+        if net.prefixlen < 96:
+            raise ValueError(
+                f"{net} is shorter than /96: a NAT64 prefix must be /96 to /128 "
+                "(the IPv4 address sits in its low 32 bits)"
+            )
+        nets.append(net)
+    for i, a in enumerate(nets):
+        for b in nets[i + 1 :]:
+            if a == b:
+                raise ValueError(f"{a} is listed twice")
+            if a.overlaps(b):
+                raise ValueError(f"{a} and {b} overlap: list each destination range once")
+    return tuple(sorted(nets))
+
+
+def _source_cidrs(text: str) -> tuple[ipaddress.IPv6Network, ...]:
+    items = v.split_list(text)
+    if not items:
+        raise ValueError("empty list: leave the setting unset to use every IPv6 IP pool")
+    nets = [v.parse_ipv6_network(item) for item in items]
+    if len(set(nets)) != len(nets):
+        raise ValueError("a CIDR is listed twice")
+    return tuple(sorted(nets))
+
+
+def _mtu(text: str) -> int:
+    return v.parse_int(text, 1280, 65535)
+
+
+def _timeout(minimum: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        seconds = v.parse_duration(text)
+        if seconds < minimum:
+            raise ValueError(
+                f"{v.format_duration(seconds)} is below the minimum of {v.format_duration(minimum)}"
+            )
+        if seconds > JOOL_MAX_TIMEOUT:
+            raise ValueError(f"{v.format_duration(seconds)} is above the maximum of "
+                             f"{v.format_duration(JOOL_MAX_TIMEOUT)}")
+        return seconds
+
+    return parse
+
+
+def _interval(text: str) -> float:
+    seconds = v.parse_duration(text)
+    if not 1 <= seconds <= 3600:
+        raise ValueError("expected a duration from 1s to 1h")
+    return seconds
+
+
+def _pool4(text: str) -> ipaddress.IPv4Network:
+    net = v.parse_ipv4_network(text.strip())
+    if net.prefixlen > 28:
+        raise ValueError(f"{net} is too small: at least a /28 is needed (one /28 per translator)")
+    if net.is_multicast or net.is_loopback or net.network_address.packed[0] in (0, 255):
+        raise ValueError(f"{net} is not a usable unicast range")
+    return net
+
+
+def _mark(text: str) -> int:
+    mark = v.parse_int(text, 1, 0xFFFFFFFF)
+    if mark & KUBE_PROXY_MARKS:
+        raise ValueError(f"{mark:#x} uses kube-proxy's mark bits 0x4000/0x8000")
+    return mark
+
+
+def _table(text: str) -> int:
+    table = v.parse_int(text, 1, 0xFFFFFFFF)
+    if table in (253, 254, 255):
+        raise ValueError(f"{table} is one of the kernel's own tables (default, main, local)")
+    return table
+
+
+def _priority(text: str) -> int:
+    prio = v.parse_int(text, 1, 32765)
+    return prio
+
+
+def _port(text: str) -> int:
+    port = v.parse_int(text, 0, 65535)
+    if port in (9091, 9093, 9094, 9098, 9099):
+        raise ValueError(f"port {port} is used by Calico; pick another (0 disables)")
+    return port
+
+
+def _host(text: str) -> str:
+    host = text.strip()
+    if host in ("", "localhost"):
+        return "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError("expected an IP address to listen on, e.g. 127.0.0.1 or 0.0.0.0") from None
+    return host
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise ValueError(f"expected one of: {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _hostname(text: str) -> str:
+    name = text.strip()
+    if not name:
+        raise ValueError("empty hostname")
+    return name
+
+
+def _iface_prefixes(text: str) -> tuple[str, ...]:
+    items = tuple(v.split_list(text))
+    if not items:
+        raise ValueError("empty interface prefix list")
+    for item in items:
+        if len(item) > 14 or not item.isprintable() or any(c in item for c in '*"/'):
+            raise ValueError(f"{item!r} is not a valid interface name prefix")
+    return items
+
+
+SPECS: tuple[SettingSpec, ...] = (
+    SettingSpec("NAT64Prefixes", "prefixes", _prefixes,
+                "IPv6 prefixes (/96 to /128) whose destinations are translated to the IPv4 "
+                "address in their low 32 bits. Empty or unset: NAT64 is off.",
+                "64:ff9b::/96,2001:db8:64::/96"),
+    SettingSpec("NAT64Enabled", "enabled", v.parse_bool,
+                "Turns NAT64 off (false) without removing the prefixes.", "false"),
+    SettingSpec("NAT64SNATAddress", "snat_address", v.parse_ipv4_address,
+                "IPv4 source address for translated traffic. Unset: masquerade to the "
+                "address of the interface the traffic leaves by.", "192.0.2.10"),
+    SettingSpec("NAT64SourceCIDRs", "source_cidrs", _source_cidrs,
+                "IPv6 sources allowed to use NAT64. Unset: every IPv6 IP pool (minus pools "
+                "inside a NAT64 prefix).", "fd00:10:244::/56"),
+    SettingSpec("NAT64PortRange", "port_range", v.parse_port_range,
+                "Source ports for the IPv4 leg after SNAT/masquerade. Unset: the kernel's choice.",
+                "32768-65535"),
+    SettingSpec("NAT64MTU", "mtu", _mtu,
+                "MTU of the translator links and Jool's lowest-ipv6-mtu (1280-65535). Unset: the "
+                "pod network MTU Felix wrote to its MTU file, else 1500.", "1450"),
+    SettingSpec("NAT64TCPEstablishedTimeout", "tcp_established_timeout",
+                _timeout(2 * 3600), "Idle timeout of established TCP sessions (min 2h).", "2h4m"),
+    SettingSpec("NAT64TCPTransitoryTimeout", "tcp_transitory_timeout",
+                _timeout(4 * 60), "Timeout of TCP sessions opening or closing (min 4m).", "4m"),
+    SettingSpec("NAT64UDPTimeout", "udp_timeout", _timeout(2 * 60),
+                "Idle timeout of UDP sessions (min 2m).", "5m"),
+    SettingSpec("NAT64ICMPTimeout", "icmp_timeout", _timeout(1),
+                "Idle timeout of ICMP query sessions (min 1s).", "60s"),
+    SettingSpec("NAT64Pool4CIDR", "pool4_cidr", _pool4,
+                "Node-internal IPv4 range for the translators' links and pool4 (one /28 per "
+                "translator; never leaves the node unmasqueraded).", "169.254.64.0/24"),
+    SettingSpec("NAT64FirewallMark", "firewall_mark", _mark,
+                "Packet mark bits used to steer pod traffic to the translators; must not overlap "
+                "Felix's IptablesMarkMask or kube-proxy's bits.", "0x1000"),
+    SettingSpec("NAT64RoutingTable", "routing_table", _table,
+                "Routing table holding the routes into the translators.", "6464"),
+    SettingSpec("NAT64RoutingRulePriority", "rule_priority", _priority,
+                "Priority of the fwmark routing rule.", "96"),
+    SettingSpec("NAT64ResyncInterval", "resync_interval", _interval,
+                "How often the kernel state is re-read and repaired (1s-1h).", "30s"),
+    SettingSpec("NAT64MetricsHost", "metrics_host", _host,
+                "Address the health and metrics server listens on.", "127.0.0.1"),
+    SettingSpec("NAT64MetricsPort", "metrics_port", _port,
+                "Port of the health and metrics server (0: off).", "9096"),
+    SettingSpec("NAT64LogFormat", "log_format", _choice("keyvalue", "json"),
+                "Log line format: keyvalue or json.", "json"),
+    SettingSpec("NAT64LogLevel", "log_level", _choice("debug", "info", "warning", "error"),
+                "Log level.", "info"),
+    SettingSpec("FelixHostname", "hostname", _hostname,
+                "Felix's node name (Felix parameter).", "node-1", felix_owned=True),
+    SettingSpec("InterfacePrefix", "interface_prefixes", _iface_prefixes,
+                "Workload interface name prefixes (Felix parameter).", "cali", felix_owned=True),
+    SettingSpec("IptablesMarkMask", "felix_mark_mask", lambda t: v.parse_int(t, 0, 0xFFFFFFFF),
+                "Felix's mark bits (Felix parameter).", "0xffff0000", felix_owned=True),
+)
+
+SPECS_BY_LOWER: Mapping[str, SettingSpec] = {spec.key.lower(): spec for spec in SPECS}
+OUR_PREFIX = "nat64"
+
+
+@dataclass(frozen=True)
+class SettingError:
+    """A value that was rejected, and why."""
+
+    key: str
+    value: str
+    reason: str
+    source: str = ""
+
+    def __str__(self) -> str:
+        where = f" (from {self.source})" if self.source else ""
+        return f"{self.key}={self.value!r}{where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class SettingOrigin:
+    """Where the value in force for a setting came from."""
+
+    key: str
+    raw_key: str
+    value: str
+    source: str
+
+
+@dataclass(frozen=True)
+class SettingsResult:
+    """The outcome of reading one ConfigUpdate."""
+
+    settings: Settings | None  # None when any value was rejected
+    errors: tuple[SettingError, ...]
+    origins: Mapping[str, SettingOrigin] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.settings is not None
+
+
+# Felix's source names, highest priority first (config_params.go Source.String).
+_SOURCE_RANKS: tuple[tuple[str, int], ...] = (
+    ("internal override", 60),
+    ("environment variable", 50),
+    ("config file", 40),
+    ("per-host", 30),
+    ("selector", 20),
+    ("global", 10),
+    ("<default>", 0),
+)
+
+
+def source_rank(name: str) -> int:
+    """Felix's precedence of a config source, from its name."""
+    lowered = name.lower()
+    for needle, rank in _SOURCE_RANKS:
+        if needle in lowered:
+            return rank
+    return -1
+
+
+def _candidates(update: ConfigUpdate) -> tuple[dict[str, SettingOrigin], list[SettingError]]:
+    """The winning raw value per lower-cased key, following Felix's precedence."""
+    errors: list[SettingError] = []
+    winners: dict[str, tuple[int, SettingOrigin]] = {}
+    if update.sources:
+        # Per-source maps keep each key's original spelling and tell us where
+        # the value came from; Felix's resolved map is only their merge.
+        for src in update.sources:
+            rank = source_rank(src.name)
+            seen: dict[str, SettingOrigin] = {}
+            for raw_key, value in src.config.items():
+                lower = raw_key.lower()
+                origin = SettingOrigin(lower, raw_key, value, src.name)
+                prior = seen.get(lower)
+                if prior is not None and prior.value != value:
+                    errors.append(SettingError(
+                        raw_key, value,
+                        f"also set as {prior.raw_key}={prior.value!r} in the same source; "
+                        "set it once", src.name))
+                seen[lower] = origin
+            for lower, origin in seen.items():
+                best = winners.get(lower)
+                if best is None or rank > best[0]:
+                    winners[lower] = (rank, origin)
+    result = {lower: pair[1] for lower, pair in winners.items()}
+    resolved_only: dict[str, SettingOrigin] = {}
+    for raw_key, value in update.config.items():
+        lower = raw_key.lower()
+        if lower in result:
+            continue
+        # No per-source data for this key: case variants must agree.
+        prior = resolved_only.get(lower)
+        if prior is not None and prior.value != value:
+            errors.append(SettingError(raw_key, value,
+                                       f"also set as {prior.raw_key}={prior.value!r}; set it once"))
+        resolved_only[lower] = SettingOrigin(lower, raw_key, value, "")
+    result.update(resolved_only)
+    return result, errors
+
+
+def resolve_settings(update: ConfigUpdate, default_hostname: str | None = None) -> SettingsResult:
+    """Reads and validates every felix-nat64 setting in a ConfigUpdate.
+
+    Never raises on bad input: each rejected value becomes a SettingError.
+    """
+    candidates, errors = _candidates(update)
+    origins: dict[str, SettingOrigin] = {}
+    changes: dict[str, Any] = {}
+    warnings: list[str] = []
+    for lower, origin in sorted(candidates.items()):
+        spec = SPECS_BY_LOWER.get(lower)
+        if spec is None:
+            if lower.startswith(OUR_PREFIX):
+                close = difflib.get_close_matches(lower, [s.key.lower() for s in SPECS], n=1)
+                hint = f"; did you mean {SPECS_BY_LOWER[close[0]].key}?" if close else ""
+                errors.append(SettingError(origin.raw_key, origin.value,
+                                           f"unknown felix-nat64 setting{hint}", origin.source))
+            continue
+        # Felix's 'none' forces a zero value; for optional settings that means unset.
+        if origin.value.strip().lower() == "none" and spec.attr in _OPTIONAL_ATTRS:
+            origins[spec.key] = SettingOrigin(spec.key, origin.raw_key, origin.value, origin.source)
+            continue
+        try:
+            changes[spec.attr] = spec.parse(origin.value)
+        except ValueError as exc:
+            errors.append(SettingError(spec.key, origin.value, str(exc), origin.source))
+            continue
+        origins[spec.key] = SettingOrigin(spec.key, origin.raw_key, origin.value, origin.source)
+    if "hostname" not in changes:
+        changes["hostname"] = default_hostname if default_hostname is not None else socket.gethostname()
+    settings = replace(Settings(), **changes)
+    errors.extend(_cross_check(settings, origins))
+    if settings.enabled and not settings.prefixes and "NAT64Enabled" in origins:
+        warnings.append("NAT64Enabled is set but NAT64Prefixes is empty: NAT64 stays off")
+    if errors:
+        return SettingsResult(None, tuple(errors), origins, tuple(warnings))
+    return SettingsResult(settings, (), origins, tuple(warnings))
+
+
+_OPTIONAL_ATTRS = frozenset({"snat_address", "source_cidrs", "port_range", "mtu", "prefixes"})
+
+
+def _cross_check(s: Settings, origins: Mapping[str, SettingOrigin]) -> list[SettingError]:
+    errors: list[SettingError] = []
+
+    def err(key: str, reason: str) -> None:
+        origin = origins.get(key)
+        errors.append(SettingError(key, origin.value if origin else "", reason,
+                                   origin.source if origin else ""))
+
+    if s.firewall_mark & s.felix_mark_mask:
+        err("NAT64FirewallMark",
+            f"{s.firewall_mark:#x} overlaps Felix's IptablesMarkMask {s.felix_mark_mask:#x}; "
+            "pick bits outside it")
+    if s.snat_address is not None and s.snat_address in s.pool4_cidr:
+        err("NAT64SNATAddress", f"{s.snat_address} is inside NAT64Pool4CIDR {s.pool4_cidr}")
+    parents = {p.supernet(new_prefix=96) if p.prefixlen > 96 else p for p in s.prefixes}
+    blocks = 2 ** (28 - s.pool4_cidr.prefixlen)
+    if len(parents) > blocks:
+        err("NAT64Pool4CIDR", f"{s.pool4_cidr} holds {blocks} /28 blocks but the prefixes need "
+                              f"{len(parents)} translators (one per /96); use a larger range")
+    for prefix in s.prefixes:
+        for cidr in s.source_cidrs or ():
+            if prefix.overlaps(cidr):
+                err("NAT64SourceCIDRs", f"{cidr} overlaps NAT64 prefix {prefix}")
+    return errors

@@ -1,0 +1,165 @@
+"""Frozen dataclasses for felix-nat64's inputs and desired dataplane state."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from felix_nat64.model.settings import Settings
+from felix_nat64.model.values import PortRange
+
+IPv4Net = ipaddress.IPv4Network
+IPv6Net = ipaddress.IPv6Network
+
+# Every kernel object felix-nat64 creates carries one of these names, so a
+# restarted driver (or `felix-nat64 cleanup`) can find what is ours.
+NAMESPACE_PREFIX = "felix-nat64-"
+LINK_PREFIX = "fn64-"
+NS_LINK_NAME = "fn64-node"
+JOOL_INSTANCE = "felix-nat64"
+NFT_TABLE = "felix-nat64"
+BLOCK_PREFIXLEN = 28
+
+
+def translator_id(parent: IPv6Net) -> str:
+    """A short stable id for a /96 parent, used in kernel object names."""
+    return hashlib.sha256(parent.network_address.packed).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A Calico IP pool as Felix reports it."""
+
+    pool_id: str
+    cidr: IPv4Net | IPv6Net
+    masquerade: bool
+    allowed_uses: tuple[str, ...] = ()
+
+    @property
+    def for_workloads(self) -> bool:
+        # allowed_uses only exists from Calico v3.32; before, every pool is for workloads.
+        return not self.allowed_uses or "Workload" in self.allowed_uses
+
+
+@dataclass(frozen=True)
+class Host:
+    """A Calico node's addresses as Felix reports them."""
+
+    hostname: str
+    ipv4: ipaddress.IPv4Address | None = None
+    ipv6: ipaddress.IPv6Address | None = None
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything the desired state is computed from."""
+
+    settings: Settings
+    pools: tuple[Pool, ...] = ()
+    hosts: tuple[Host, ...] = ()
+    # Translator blocks already in use, kept so a change elsewhere never
+    # renumbers a live translator (which would cut its sessions).
+    previous_blocks: Mapping[IPv6Net, IPv4Net] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class Translator:
+    """One Jool instance in its own namespace, serving one /96 parent."""
+
+    parent: IPv6Net
+    prefixes: tuple[IPv6Net, ...]  # the configured prefixes inside `parent`
+    block: IPv4Net  # a /28 of NAT64Pool4CIDR
+
+    @property
+    def tid(self) -> str:
+        return translator_id(self.parent)
+
+    @property
+    def namespace(self) -> str:
+        return NAMESPACE_PREFIX + self.tid
+
+    @property
+    def node_link(self) -> str:
+        return LINK_PREFIX + self.tid
+
+    @property
+    def ns_link(self) -> str:
+        return NS_LINK_NAME
+
+    @property
+    def link_node_addr(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface((int(self.block.network_address) + 1, 30))
+
+    @property
+    def link_ns_addr(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface((int(self.block.network_address) + 2, 30))
+
+    @property
+    def pool4(self) -> IPv4Net:
+        # The upper half of the block: 8 addresses' worth of ports per protocol.
+        return list(self.block.subnets(prefixlen_diff=1))[1]
+
+
+# Link-local next hops on every translator link.
+NODE_LINK_LL = ipaddress.IPv6Interface("fe80::1/64")
+NS_LINK_LL = ipaddress.IPv6Interface("fe80::2/64")
+
+
+@dataclass(frozen=True)
+class RefusedDestination:
+    """IPv6 destinations inside a NAT64 prefix that are rejected, and why."""
+
+    network: IPv6Net
+    ipv4: IPv4Net
+    reason: str
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Jool session timeouts, in seconds."""
+
+    tcp_established: float
+    tcp_transitory: float
+    udp: float
+    icmp: float
+
+
+@dataclass(frozen=True)
+class Snat:
+    """How the IPv4 leg leaves the node."""
+
+    address: ipaddress.IPv4Address | None  # None: masquerade
+    port_range: PortRange | None
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """What the kernel should hold. No translators means: nothing of ours."""
+
+    translators: tuple[Translator, ...] = ()
+    sources: tuple[IPv6Net, ...] = ()
+    refused: tuple[RefusedDestination, ...] = ()
+    snat: Snat = Snat(None, None)
+    mtu: int | None = None
+    timeouts: Timeouts = Timeouts(0, 0, 0, 0)
+    pool4_cidr: IPv4Net = IPv4Net("169.254.64.0/24")
+    workload_iface_prefixes: tuple[str, ...] = ("cali",)
+    firewall_mark: int = 0x1000
+    routing_table: int = 6464
+    rule_priority: int = 96
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.translators)
+
+    @property
+    def steered(self) -> tuple[IPv6Net, ...]:
+        return tuple(p for t in self.translators for p in t.prefixes)
+
+    @property
+    def blocks(self) -> Mapping[IPv6Net, IPv4Net]:
+        return MappingProxyType({t.parent: t.block for t in self.translators})

@@ -1,0 +1,1 @@
+"""What felix-nat64 tells operators: logs, status, health and metrics."""

@@ -1,0 +1,1 @@
+"""Felix's dataplane wire protocol: framing, decoding and transports."""

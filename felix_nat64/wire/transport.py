@@ -1,0 +1,189 @@
+"""Where Felix's stream comes from: fd 3/4 pipes, or a unix socket.
+
+The reader runs on its own thread and only decodes, so Felix (whose pipe to
+the driver is unbuffered) is never held up by kernel programming.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import queue
+import socket
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from felix_nat64.observe.logs import EventLogger
+from felix_nat64.observe.status import StreamCounters
+from felix_nat64.wire.framing import MAX_FRAME_BYTES, FrameDecoder, FramingError
+from felix_nat64.wire.messages import (
+    USED_PAYLOADS,
+    ScanError,
+    Undecodable,
+    decode_used,
+    payload_name,
+    scan_payload_field,
+)
+
+FELIX_READ_FD = 3
+FELIX_WRITE_FD = 4
+READ_CHUNK = 1 << 20
+
+
+class TransportError(Exception):
+    """The transport cannot be set up (e.g. not started by Felix)."""
+
+
+def check_felix_fds() -> None:
+    """Fails clearly when fd 3/4 are not the pipes Felix provides."""
+    for fd, role in ((FELIX_READ_FD, "read"), (FELIX_WRITE_FD, "write")):
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            raise TransportError(
+                f"fd {fd} is not open: felix-nat64-driver is started by Felix as its external "
+                "dataplane driver (FELIX_USEINTERNALDATAPLANEDRIVER=false, "
+                "FELIX_DATAPLANEDRIVER=felix-nat64-driver); to feed it by hand use "
+                "'felix-nat64 driver --socket PATH' or 'felix-nat64 driver --input FILE'"
+            ) from None
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISREG(mode)):
+            raise TransportError(f"fd {fd} ({role} side of Felix's pipe) is not a pipe or socket")
+
+
+def fd_chunks(fd: int) -> Iterator[bytes]:
+    """Reads a file descriptor until EOF."""
+    while True:
+        try:
+            chunk = os.read(fd, READ_CHUNK)
+        except InterruptedError:
+            continue
+        if not chunk:
+            return
+        yield chunk
+
+
+def socket_chunks(conn: socket.socket) -> Iterator[bytes]:
+    """Reads a connected socket until EOF."""
+    while True:
+        try:
+            chunk = conn.recv(READ_CHUNK)
+        except InterruptedError:
+            continue
+        except ConnectionResetError:
+            return
+        if not chunk:
+            return
+        yield chunk
+
+
+def pump(chunks: Iterator[bytes], emit: Callable[[Any], None], counters: StreamCounters,
+         max_frame_bytes: int = MAX_FRAME_BYTES) -> str:
+    """Decodes a byte stream into events; returns '' on clean EOF or the framing error.
+
+    Frames carrying payloads we do not use are counted and dropped here,
+    without being parsed.
+    """
+    log = EventLogger("reader")
+    decoder = FrameDecoder(max_frame_bytes)
+    by_payload = counters.by_payload
+    names: dict[int | None, str] = {}
+    try:
+        for chunk in chunks:
+            counters.bytes += len(chunk)
+            for body in decoder.feed(chunk):
+                counters.frames += 1
+                try:
+                    number = scan_payload_field(body)
+                except ScanError as exc:
+                    counters.undecodable_other += 1
+                    log.warning("undecodable Felix message skipped", error=f"malformed protobuf: {exc}",
+                                frame=counters.frames)
+                    continue
+                if number not in USED_PAYLOADS:
+                    name = names.get(number)
+                    if name is None:
+                        name = names[number] = payload_name(number)
+                    by_payload[name] += 1
+                    continue
+                decoded = decode_used(body, number)
+                if isinstance(decoded, Undecodable):
+                    counters.undecodable_used += 1
+                    counters.last_undecodable = decoded.error
+                    log.error("undecodable Felix message", payload=payload_name(number),
+                              error=decoded.error, frame=counters.frames)
+                else:
+                    by_payload[payload_name(number)] += 1
+                emit(decoded)
+        decoder.finish()
+    except FramingError as exc:
+        return str(exc)
+    return ""
+
+
+class StreamReader(threading.Thread):
+    """Reads one Felix stream into a queue, ending with a StreamEnd event."""
+
+    def __init__(self, chunks: Iterator[bytes], events: queue.Queue[Any], counters: StreamCounters,
+                 end_factory: Callable[[str], Any], name: str = "felix-reader") -> None:
+        super().__init__(name=name, daemon=True)
+        self._chunks = chunks
+        self._events = events
+        self._counters = counters
+        self._end = end_factory
+
+    def run(self) -> None:
+        try:
+            error = pump(self._chunks, self._events.put, self._counters)
+        except OSError as exc:
+            error = f"reading Felix's stream failed: {os.strerror(exc.errno or errno.EIO)}"
+        self._events.put(self._end(error))
+
+
+class SocketServer:
+    """A unix stream socket that accepts one Felix connection at a time.
+
+    For proxy-style deployments (as Calico/VPP does): the process Felix
+    starts only relays fd 3/4 to this socket, and the long-lived driver
+    survives Felix restarts.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._sock: socket.socket | None = None
+
+    def listen(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise TransportError(
+                    f"{self.path} exists and is not a socket; remove it or pick another path")
+            os.unlink(self.path)
+        directory = os.path.dirname(self.path) or "."
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # created 0600: only root may feed the driver
+        try:
+            sock.bind(self.path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+        sock.listen(1)
+        self._sock = sock
+
+    def accept(self) -> socket.socket:
+        assert self._sock is not None, "listen() first"
+        conn, _ = self._sock.accept()
+        return conn
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)

@@ -1,0 +1,191 @@
+"""The driver loop's contract, with a recording dataplane standing in for the kernel."""
+
+import ipaddress
+import queue
+import threading
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+
+from felix_nat64.dataplane.loop import (
+    ApplyOutcome,
+    DataplaneError,
+    DataplaneLoop,
+    LoopOptions,
+    StreamEnd,
+)
+from felix_nat64.model.state import DesiredState
+from felix_nat64.observe.status import StatusBoard
+from felix_nat64.wire import messages as m
+
+N6 = ipaddress.IPv6Network
+N4 = ipaddress.IPv4Network
+
+FAST = LoopOptions(coalesce_seconds=0.02, max_coalesce_seconds=0.2, backoff_initial=0.01, backoff_max=0.05)
+
+
+class RecordingDataplane:
+    def __init__(self, failures: int = 0, existing: Mapping[N6, N4] | None = None) -> None:
+        self.applied: list[tuple[DesiredState, bool]] = []
+        self.failures = failures
+        self.existing = dict(existing or {})
+        self.adopt_calls = 0
+
+    def adopt(self) -> Mapping[N6, N4]:
+        self.adopt_calls += 1
+        return self.existing
+
+    def apply(self, desired: DesiredState, resync: bool) -> ApplyOutcome:
+        if self.failures:
+            self.failures -= 1
+            raise DataplaneError("injected failure")
+        self.applied.append((desired, resync))
+        return ApplyOutcome(changes=1)
+
+
+def config(**values: str) -> m.ConfigUpdate:
+    return m.ConfigUpdate(MappingProxyType(values))
+
+
+def pool(cidr: str) -> m.PoolUpdate:
+    return m.PoolUpdate(cidr.replace("/", "-"), ipaddress.ip_network(cidr), False)
+
+
+def run_loop(events: Iterable[object], dataplane: RecordingDataplane, options: LoopOptions = FAST,
+             settle: float = 0.0) -> tuple[DataplaneLoop, StatusBoard, StreamEnd]:
+    q: queue.Queue[object] = queue.Queue()
+    status = StatusBoard()
+    loop = DataplaneLoop(q, dataplane, status, options=options)  # type: ignore[arg-type]
+    for e in events:
+        q.put(e)
+    result: list[StreamEnd] = []
+    t = threading.Thread(target=lambda: result.append(loop.run()))
+    t.start()
+    if settle:
+        threading.Event().wait(settle)
+    q.put(StreamEnd())
+    t.join(10)
+    assert not t.is_alive()
+    return loop, status, result[0]
+
+
+def test_nothing_is_applied_before_in_sync() -> None:
+    dp = RecordingDataplane()
+    _, status, end = run_loop([config(NAT64Prefixes="64:ff9b::/96"), pool("fd00::/64")], dp, settle=0.1)
+    assert dp.applied == [] and dp.adopt_calls == 0
+    assert end == StreamEnd()
+    ready, reasons = status.readiness()
+    assert not ready and "InSync" in reasons[0]
+
+
+def test_burst_is_coalesced_into_one_recalculation() -> None:
+    dp = RecordingDataplane()
+    events: list[object] = [config(NAT64Prefixes="64:ff9b::/96")]
+    events += [pool(f"fd00:{i:x}::/64") for i in range(500)]
+    events += [m.InSync()]
+    loop, status, _ = run_loop(events, dp, LoopOptions(coalesce_seconds=0.2, max_coalesce_seconds=5),
+                               settle=0.5)
+    assert loop.recalculations == 1
+    assert len(dp.applied) == 1
+    desired, resync = dp.applied[0]
+    assert len(desired.sources) == 500 and not resync
+    assert status.readiness() == (True, [])
+
+
+def test_updates_after_sync_are_applied_and_duplicates_are_not() -> None:
+    dp = RecordingDataplane()
+    events = [config(NAT64Prefixes="64:ff9b::/96"), pool("fd00:1::/64"), m.InSync()]
+    q: queue.Queue[object] = queue.Queue()
+    loop = DataplaneLoop(q, dp, StatusBoard(), options=FAST)  # type: ignore[arg-type]
+    for e in events:
+        loop.handle(e)  # type: ignore[arg-type]
+    loop.step()
+    loop.handle(pool("fd00:2::/64"))
+    loop.step()
+    loop.handle(pool("fd00:2::/64"))  # unchanged
+    loop.step()
+    loop.handle(m.InSync())  # a second InSync changes nothing
+    loop.step()
+    assert [len(d.sources) for d, _ in dp.applied] == [1, 2]
+
+
+def test_failed_apply_is_retried_with_backoff() -> None:
+    dp = RecordingDataplane(failures=3)
+    _, status, _ = run_loop([config(NAT64Prefixes="64:ff9b::/96"), m.InSync()], dp, settle=0.5)
+    assert len(dp.applied) == 1
+    assert status.get("apply_failures") == 3
+    assert status.get("consecutive_failures") == 0
+    assert status.readiness()[0]
+
+
+def test_failing_apply_keeps_running_and_reports_not_ready() -> None:
+    dp = RecordingDataplane(failures=10**6)
+    _, status, end = run_loop([config(NAT64Prefixes="64:ff9b::/96"), m.InSync()], dp, settle=0.3)
+    assert end == StreamEnd()
+    ready, reasons = status.readiness()
+    assert not ready and any("injected failure" in r for r in reasons)
+    assert status.get("apply_failures") >= 3
+
+
+def test_invalid_first_settings_leave_the_kernel_untouched() -> None:
+    dp = RecordingDataplane()
+    _, status, _ = run_loop([config(NAT64Prefixes="64:ff9b::/64"), m.InSync()], dp, settle=0.2)
+    assert dp.applied == [] and dp.adopt_calls == 0
+    ready, reasons = status.readiness()
+    assert not ready and any("NAT64Prefixes" in r for r in reasons)
+
+
+def test_bad_settings_later_keep_the_last_good_ones() -> None:
+    dp = RecordingDataplane()
+    q: queue.Queue[object] = queue.Queue()
+    status = StatusBoard()
+    loop = DataplaneLoop(q, dp, status, options=FAST)  # type: ignore[arg-type]
+    for e in (config(NAT64Prefixes="64:ff9b::/96"), m.InSync()):
+        loop.handle(e)  # type: ignore[arg-type]
+    loop.step()
+    loop.handle(config(NAT64Prefixes="2001:db8::/96", NAT64MTU="1"))
+    loop.step()
+    assert len(dp.applied) == 1
+    assert loop.view.settings.in_force is not None
+    assert loop.view.settings.in_force.prefixes == (N6("64:ff9b::/96"),)
+    assert not status.readiness()[0]
+    assert status.get("settings_rejections") == 1
+
+
+def test_turning_nat64_off_applies_an_empty_state() -> None:
+    dp = RecordingDataplane()
+    q: queue.Queue[object] = queue.Queue()
+    loop = DataplaneLoop(q, dp, StatusBoard(), options=FAST)  # type: ignore[arg-type]
+    for e in (config(NAT64Prefixes="64:ff9b::/96"), m.InSync()):
+        loop.handle(e)  # type: ignore[arg-type]
+    loop.step()
+    loop.handle(config(NAT64Prefixes="64:ff9b::/96", NAT64Enabled="false"))
+    loop.step()
+    assert [d.active for d, _ in dp.applied] == [True, False]
+
+
+def test_periodic_resync_reapplies_with_resync_flag() -> None:
+    dp = RecordingDataplane()
+    run_loop([config(NAT64Prefixes="64:ff9b::/96", NAT64ResyncInterval="1s"), m.InSync()], dp, settle=1.5)
+    assert [r for _, r in dp.applied][:2] == [False, True]
+
+
+def test_existing_translator_blocks_are_adopted() -> None:
+    wkp = N6("64:ff9b::/96")
+    dp = RecordingDataplane(existing={wkp: N4("169.254.64.32/28")})
+    run_loop([config(NAT64Prefixes="64:ff9b::/96"), m.InSync()], dp, settle=0.2)
+    assert dp.applied[0][0].translators[0].block == N4("169.254.64.32/28")
+
+
+def test_stream_end_with_error_is_returned() -> None:
+    q: queue.Queue[object] = queue.Queue()
+    loop = DataplaneLoop(q, RecordingDataplane(), StatusBoard(), options=FAST)  # type: ignore[arg-type]
+    q.put(StreamEnd("bad framing"))
+    assert loop.run() == StreamEnd("bad framing")
+
+
+def test_out_of_order_messages_are_tolerated() -> None:
+    dp = RecordingDataplane()
+    events = [m.PoolRemove("nope"), m.HostRemove("ghost"), pool("fd00::/64"), m.InSync(),
+              config(NAT64Prefixes="64:ff9b::/96"), m.InSync()]
+    run_loop(events, dp, settle=0.2)
+    assert len(dp.applied) == 1 and dp.applied[0][0].sources == (N6("fd00::/64"),)
