@@ -254,6 +254,16 @@ class DataplaneLoop:
                                               resync))
         self._publish()
 
+    def new_session(self) -> None:
+        """Forgets what the last Felix said; the kernel keeps its state until
+        the next Felix's InSync (like a driver restart, without the restart)."""
+        self.view = FelixView(self.view.settings.default_hostname)
+        self._dirty = False
+        self._retry_at = None
+        self._resync_at = None
+        self._status.update(in_sync=False, in_sync_at=None, first_apply_after_sync=None)
+        self._publish()
+
     @property
     def applied(self) -> DesiredState | None:
         """The last desired state the kernel was brought to."""

@@ -16,14 +16,14 @@ class SettingsManager:
 
     def __init__(self, default_hostname: str | None = None) -> None:
         self._log = EventLogger("settings")
-        self._default_hostname = default_hostname
+        self.default_hostname = default_hostname
         self.in_force: Settings | None = None
         self.last_result: SettingsResult | None = None
         self.rejections = 0
 
     def on_config(self, msg: m.ConfigUpdate) -> bool:
         """Returns True if the settings in force changed."""
-        result = resolve_settings(msg, self._default_hostname)
+        result = resolve_settings(msg, self.default_hostname)
         self.last_result = result
         for warning in result.warnings:
             self._log.warning("setting warning", detail=warning)

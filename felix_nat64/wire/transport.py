@@ -176,9 +176,15 @@ class SocketServer:
         sock.listen(1)
         self._sock = sock
 
-    def accept(self) -> socket.socket:
+    def accept(self, timeout: float | None = None) -> socket.socket | None:
+        """The next connection, or None if none came within `timeout`."""
         assert self._sock is not None, "listen() first"
-        conn, _ = self._sock.accept()
+        self._sock.settimeout(timeout)
+        try:
+            conn, _ = self._sock.accept()
+        except TimeoutError:
+            return None
+        conn.settimeout(None)
         return conn
 
     def close(self) -> None:

@@ -1,0 +1,1 @@
+"""Translator namespaces and their links, addresses, routes and sysctls (pyroute2)."""

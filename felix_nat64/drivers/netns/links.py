@@ -1,0 +1,261 @@
+"""Translator namespaces and the veth pairs that join them to the node.
+
+Ownership is by name: namespaces `felix-nat64-<id>`, node-side links
+`fn64-<id>` whose alias records the /96 parent they serve, and routes with
+our route protocol number. A restarted driver finds all of it again
+through `discover()` and changes nothing that is already right.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pr_netns
+from pyroute2.ethtool import Ethtool
+
+from felix_nat64.drivers.netns.worker import (
+    NETNS_DIR,
+    NamespaceThread,
+    list_namespaces,
+    namespace_exists,
+    read_sysctl,
+    write_sysctl,
+)
+from felix_nat64.drivers.plan import Route, translator_routes
+from felix_nat64.model.state import (
+    BLOCK_PREFIXLEN,
+    LINK_PREFIX,
+    NAMESPACE_PREFIX,
+    NODE_LINK_LL,
+    NS_LINK_LL,
+    NS_LINK_NAME,
+    Translator,
+)
+from felix_nat64.observe.logs import EventLogger
+
+ALIAS_PREFIX = "felix-nat64 parent="
+ROUTE_PROTO = 164  # marks routes as felix-nat64's (see docs/architecture.md)
+IFA_F_NODAD = 0x02  # the link is point-to-point: duplicate detection only delays it
+OFFLOADS_OFF = ("rx-gro", "rx-gro-list", "rx-lro")  # Jool must see unmerged packets
+
+IPAddr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+@dataclass(frozen=True)
+class FoundTranslator:
+    """A translator found in the kernel (possibly incomplete)."""
+
+    tid: str
+    namespace: str | None
+    node_link: str | None
+    parent: ipaddress.IPv6Network | None
+    block: ipaddress.IPv4Network | None
+
+
+def discover() -> list[FoundTranslator]:
+    """Every felix-nat64 translator namespace and node link on this node."""
+    found: dict[str, dict[str, Any]] = {}
+    for name in list_namespaces(NAMESPACE_PREFIX):
+        found.setdefault(name[len(NAMESPACE_PREFIX):], {})["namespace"] = name
+    with IPRoute() as ipr:
+        for link in ipr.link("dump"):
+            name = link.get("ifname") or ""
+            if not name.startswith(LINK_PREFIX):
+                continue
+            entry = found.setdefault(name[len(LINK_PREFIX):], {})
+            entry["node_link"] = name
+            entry["parent"] = _parent_from_alias(link.get("ifalias") or "")
+            for addr in ipr.addr("dump", index=link["index"], family=socket.AF_INET):
+                iface = ipaddress.IPv4Interface((addr.get("address"), addr["prefixlen"]))
+                if iface.network.prefixlen == 30:
+                    entry["block"] = ipaddress.IPv4Network(
+                        (int(iface.network.network_address), BLOCK_PREFIXLEN), strict=False)
+    return [FoundTranslator(tid, e.get("namespace"), e.get("node_link"), e.get("parent"), e.get("block"))
+            for tid, e in sorted(found.items())]
+
+
+def _parent_from_alias(alias: str) -> ipaddress.IPv6Network | None:
+    if not alias.startswith(ALIAS_PREFIX):
+        return None
+    try:
+        return ipaddress.IPv6Network(alias[len(ALIAS_PREFIX):])
+    except ValueError:
+        return None
+
+
+def _lookup(ipr: IPRoute, name: str) -> int | None:
+    indexes = ipr.link_lookup(ifname=name)
+    return indexes[0] if indexes else None
+
+
+class TranslatorLinks:
+    """Creates, converges and removes translator namespaces and their links."""
+
+    def __init__(self) -> None:
+        self._log = EventLogger("netns")
+
+    # -- converge -------------------------------------------------------------
+
+    def ensure(self, t: Translator, mtu: int) -> int:
+        """Makes translator `t`'s namespace and link right; returns changes made."""
+        log = self._log.bind(translator=t.namespace)
+        changes = 0
+        if not namespace_exists(t.namespace):
+            pr_netns.create(t.namespace)
+            log.info("namespace created")
+            changes += 1
+        with IPRoute() as node, IPRoute(netns=t.namespace) as inner:
+            node_idx, inner_idx, created = self._pair(node, inner, t)
+            changes += created
+            if created:
+                log.info("link created", node_link=t.node_link)
+            changes += self._converge_link(node, node_idx, mtu, ALIAS_PREFIX + str(t.parent))
+            changes += self._converge_link(inner, inner_idx, mtu, None)
+            lo = _lookup(inner, "lo")
+            if lo is not None and not inner.link("get", index=lo)[0]["flags"] & 1:
+                inner.link("set", index=lo, state="up")
+                changes += 1
+            changes += self._converge_addrs(node, node_idx, [t.link_node_addr, NODE_LINK_LL])
+            changes += self._converge_addrs(inner, inner_idx, [t.link_ns_addr, NS_LINK_LL])
+            changes += self._converge_routes(inner, inner_idx, translator_routes(t))
+        changes += self._node_side_settings(t.node_link)
+        with NamespaceThread(t.namespace) as worker:
+            changes += worker.call(self._inner_settings)
+        return changes
+
+    def _pair(self, node: IPRoute, inner: IPRoute, t: Translator) -> tuple[int, int, int]:
+        node_idx = _lookup(node, t.node_link)
+        inner_idx = _lookup(inner, NS_LINK_NAME)
+        if node_idx is not None and inner_idx is not None:
+            peer = inner.link("get", index=inner_idx)[0].get("link")
+            if peer == node_idx:
+                return node_idx, inner_idx, 0
+        # Missing or mismatched halves: rebuild the pair from scratch.
+        if node_idx is not None:
+            node.link("del", index=node_idx)
+        if inner_idx is not None:
+            inner.link("del", index=inner_idx)
+        node.link("add", ifname=t.node_link, kind="veth",
+                  peer={"ifname": NS_LINK_NAME, "net_ns_fd": os.path.join(NETNS_DIR, t.namespace)})
+        node_idx = _lookup(node, t.node_link)
+        inner_idx = _lookup(inner, NS_LINK_NAME)
+        if node_idx is None or inner_idx is None:
+            raise RuntimeError(f"veth pair {t.node_link}/{NS_LINK_NAME} missing right after creation")
+        return node_idx, inner_idx, 1
+
+    @staticmethod
+    def _converge_link(ipr: IPRoute, index: int, mtu: int, alias: str | None) -> int:
+        link = ipr.link("get", index=index)[0]
+        wanted: dict[str, Any] = {}
+        if link.get("mtu") != mtu:
+            wanted["mtu"] = mtu
+        if alias is not None and link.get("ifalias") != alias:
+            wanted["ifalias"] = alias
+        if not link["flags"] & 1:  # IFF_UP
+            wanted["state"] = "up"
+        if wanted:
+            ipr.link("set", index=index, **wanted)
+            return 1
+        return 0
+
+    @staticmethod
+    def _converge_addrs(ipr: IPRoute, index: int, wanted: Iterable[IPAddr]) -> int:
+        want = set(wanted)
+        have: set[IPAddr] = set()
+        changes = 0
+        for addr in ipr.addr("dump", index=index):
+            iface = ipaddress.ip_interface((addr.get("address"), addr["prefixlen"]))
+            if iface in want:
+                have.add(iface)
+            elif not iface.ip.is_link_local:  # the kernel's own link-local stays
+                ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+                changes += 1
+        for iface in sorted(want - have, key=str):
+            flags = IFA_F_NODAD if iface.version == 6 else 0
+            ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
+                     flags=flags)
+            changes += 1
+        return changes
+
+    @staticmethod
+    def _converge_routes(ipr: IPRoute, index: int, routes: Iterable[Route]) -> int:
+        changes = 0
+        for route in routes:
+            family = socket.AF_INET6 if route.dst.version == 6 else socket.AF_INET
+            current = [r for r in ipr.route("dump", family=family, table=route.table)
+                       if r["dst_len"] == route.dst.prefixlen
+                       and (r.get("dst") or str(route.dst.network_address)) == str(route.dst.network_address)]
+            if any(r.get("gateway") == str(route.gateway) and r.get("oif") == index for r in current):
+                continue
+            ipr.route("replace", family=family, dst=str(route.dst.network_address),
+                      dst_len=route.dst.prefixlen, gateway=str(route.gateway), oif=index,
+                      table=route.table, proto=ROUTE_PROTO)
+            changes += 1
+        return changes
+
+    @staticmethod
+    def _node_side_settings(node_link: str) -> int:
+        changes = 0
+        # IPv4 forwarding is decided per input interface; the IPv4 leg enters here.
+        if write_sysctl(f"net/ipv4/conf/{node_link}/forwarding", "1"):
+            changes += 1
+        changes += _offloads_off(node_link)
+        return changes
+
+    @staticmethod
+    def _inner_settings() -> int:
+        changes = 0
+        for path in ("net/ipv4/conf/all/forwarding", "net/ipv6/conf/all/forwarding"):
+            if write_sysctl(path, "1"):
+                changes += 1
+        changes += _offloads_off(NS_LINK_NAME)
+        return changes
+
+    # -- remove ---------------------------------------------------------------
+
+    def remove(self, found: FoundTranslator) -> int:
+        """Removes a translator's link and namespace (whatever is left of them)."""
+        changes = 0
+        if found.node_link is not None:
+            with IPRoute() as node:
+                index = _lookup(node, found.node_link)
+                if index is not None:
+                    node.link("del", index=index)  # its peer goes with it
+                    changes += 1
+        if found.namespace is not None and namespace_exists(found.namespace):
+            pr_netns.remove(found.namespace)
+            changes += 1
+        if changes:
+            self._log.info("translator removed", tid=found.tid, namespace=found.namespace or "")
+        return changes
+
+
+def _offloads_off(ifname: str) -> int:
+    """Turns receive offloads off on a link in the calling thread's namespace."""
+    with Ethtool() as ethtool:
+        features = ethtool.get_features(ifname)
+        changed = False
+        for name in OFFLOADS_OFF:
+            feature = features.features.get(name)
+            if feature is not None and feature.enable and feature.available:
+                feature.enable = False
+                changed = True
+        if changed:
+            ethtool.set_features(ifname, features)
+    return 1 if changed else 0
+
+
+def forwarding_problems() -> list[str]:
+    """Node-wide forwarding settings NAT64 needs (Calico sets them; we only check)."""
+    problems = []
+    for path, what in (("net/ipv4/ip_forward", "IPv4"), ("net/ipv6/conf/all/forwarding", "IPv6")):
+        if read_sysctl(path) != "1":
+            problems.append(f"{what} forwarding is off on this node ({path.replace('/', '.')}=0); "
+                            "Calico enables it on its nodes, and NAT64 needs it")
+    return problems

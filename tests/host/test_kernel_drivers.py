@@ -1,0 +1,268 @@
+"""The nftables, routing and translator-link drivers against the host kernel.
+
+Each test runs the drivers on a thread inside a throwaway network namespace
+that plays the node, so this machine's own networking is never touched.
+Jool is not involved here (see tests/vm for the whole dataplane).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import replace
+
+import nftables
+import pytest
+from pyroute2 import IPRoute
+from pyroute2 import netns as pr_netns
+
+from felix_nat64.drivers.netns.links import ROUTE_PROTO, TranslatorLinks, discover
+from felix_nat64.drivers.netns.worker import NamespaceThread, list_namespaces, namespace_exists
+from felix_nat64.drivers.nft.ruleset import render
+from felix_nat64.drivers.nft.table import Nft, NftError, NftTable
+from felix_nat64.drivers.plan import node_routes
+from felix_nat64.drivers.routing import NodeRouting, RuleSpec
+from felix_nat64.model.desired import build_desired
+from felix_nat64.model.settings import Settings
+from felix_nat64.model.state import NAMESPACE_PREFIX, DesiredState, Host, Inputs, Pool
+
+N6 = ipaddress.IPv6Network
+
+
+def desired_state(*prefixes: str, **kw: object) -> DesiredState:
+    settings = replace(Settings(prefixes=tuple(sorted(N6(p) for p in prefixes)), hostname="node"), **kw)
+    pools = (Pool("pods", N6("fd00:10:244::/64"), True), Pool("cover", N6("64:ff9b::/96"), False))
+    return build_desired(Inputs(settings, pools, (Host("node", ipaddress.IPv4Address("192.0.2.1")),)))
+
+
+@pytest.fixture
+def node() -> Iterator[NamespaceThread]:
+    if os.geteuid() != 0:
+        pytest.fail("host-kernel tests need root (network namespaces, nftables)")
+    name = f"fn64h-{secrets.token_hex(3)}"
+    before = set(list_namespaces(NAMESPACE_PREFIX))
+    pr_netns.create(name)
+    worker = NamespaceThread(name)
+    yield worker
+    worker.close()
+    pr_netns.remove(name)
+    for leftover in set(list_namespaces(NAMESPACE_PREFIX)) - before:
+        pr_netns.remove(leftover)
+
+
+def nft_list(worker: NamespaceThread, what: str = "ruleset") -> str:
+    def run() -> str:
+        nft = nftables.Nftables()
+        rc, out, err = nft.cmd(f"list {what}")
+        assert rc == 0, err
+        return str(out)
+
+    return worker.call(run)
+
+
+def nft_cmd(worker: NamespaceThread, cmd: str) -> None:
+    def run() -> None:
+        rc, _, err = nftables.Nftables().cmd(cmd)
+        assert rc == 0, err
+
+    worker.call(run)
+
+
+class TestNftTable:
+    def test_create_converge_and_remove(self, node: NamespaceThread) -> None:
+        d = desired_state("64:ff9b::/96", "2001:db8::a00:0/104")
+        assert node.call(lambda: NftTable().apply(render(d))) == 1
+        text = nft_list(node)
+        assert "table inet felix-nat64" in text and "@prefixes6" in text
+        # applying the same state again is a no-op
+        assert node.call(lambda: NftTable().apply(render(d))) == 0
+        assert node.call(lambda: NftTable().apply(None)) == 1
+        assert "felix-nat64" not in nft_list(node)
+        assert node.call(lambda: NftTable().apply(None)) == 0
+
+    def test_changes_are_applied_in_place_and_counters_survive(self, node: NamespaceThread) -> None:
+        d1 = desired_state("64:ff9b::/96")
+        node.call(lambda: NftTable().apply(render(d1)))
+        nft_cmd(node, "add table inet probe")
+
+        def send_from_pool4() -> None:
+            # A packet from a pool4 address leaving by a non-translator link
+            # passes the SNAT rule and bumps its named counter.
+            with IPRoute() as ipr:
+                lo = ipr.link_lookup(ifname="lo")[0]
+                ipr.link("set", index=lo, state="up")
+                ipr.addr("add", index=lo, address="169.254.64.9", prefixlen=32)
+                ipr.link("add", ifname="up0", kind="veth", peer="up1")
+                for name in ("up0", "up1"):
+                    ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
+                ipr.addr("add", index=ipr.link_lookup(ifname="up0")[0], address="192.0.2.1", prefixlen=24)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.bind(("169.254.64.9", 0))
+                sock.sendto(b"x", ("192.0.2.2", 9))
+
+        node.call(send_from_pool4)
+        assert node.call(lambda: Nft().counters())["snat"][0] == 1
+        d2 = desired_state("64:ff9b::/96", "2001:db8:64::/96")
+        assert node.call(lambda: NftTable().apply(render(d2))) == 1
+        assert "2001:db8:64::/96" in nft_list(node, "set inet felix-nat64 prefixes6")
+        assert node.call(lambda: Nft().counters())["snat"][0] == 1
+        assert "table inet probe" in nft_list(node)  # other tables untouched
+
+    def test_drift_is_detected_and_repaired(self, node: NamespaceThread) -> None:
+        d = desired_state("64:ff9b::/96")
+        node.call(lambda: NftTable().apply(render(d)))
+        nft_cmd(node, "flush chain inet felix-nat64 prerouting")
+        assert node.call(lambda: NftTable().apply(render(d))) == 1
+        assert "fn64:steer-cali" in nft_list(node, "chain inet felix-nat64 prerouting")
+        nft_cmd(node, "flush set inet felix-nat64 sources6")
+        assert node.call(lambda: NftTable().apply(render(d))) == 1
+        assert "fd00:10:244::/64" in nft_list(node, "set inet felix-nat64 sources6")
+        nft_cmd(node, "delete table inet felix-nat64")
+        assert node.call(lambda: NftTable().apply(render(d))) == 1
+        assert node.call(lambda: NftTable().apply(render(d))) == 0
+
+    def test_foreign_tables_are_never_touched(self, node: NamespaceThread) -> None:
+        nft_cmd(node, "add table ip calico")
+        nft_cmd(node, "add chain ip calico filter-FORWARD { type filter hook forward priority 0; }")
+        nft_cmd(node, "add rule ip calico filter-FORWARD counter accept")
+        before = nft_list(node, "table ip calico")
+        d = desired_state("64:ff9b::/96")
+        node.call(lambda: NftTable().apply(render(d)))
+        node.call(lambda: NftTable().apply(None))
+        assert nft_list(node, "table ip calico") == before
+
+    def test_a_failed_transaction_changes_nothing(self, node: NamespaceThread) -> None:
+        d = desired_state("64:ff9b::/96")
+        node.call(lambda: NftTable().apply(render(d)))
+        before = nft_list(node, "table inet felix-nat64")
+        bad = render(desired_state("64:ff9b::/96", "2001:db8:64::/96"))
+        bad.rules.append({"family": "inet", "table": "felix-nat64", "chain": "nope", "comment": "x",
+                          "expr": [{"accept": None}]})
+        with pytest.raises(NftError, match="failed"):
+            node.call(lambda: NftTable().apply(bad))
+        assert nft_list(node, "table inet felix-nat64") == before
+
+    def test_counters_are_readable(self, node: NamespaceThread) -> None:
+        d = desired_state("64:ff9b::/96")
+        node.call(lambda: NftTable().apply(render(d)))
+        counters = node.call(lambda: Nft().counters())
+        assert set(counters) >= {"steered", "refused", "snat", "inbound_blocked"}
+        assert all(v == (0, 0) for v in counters.values())
+
+    def test_rendered_json_round_trips_through_nft(self, node: NamespaceThread) -> None:
+        d = desired_state("64:ff9b::/96", snat_address=ipaddress.IPv4Address("192.0.2.10"))
+        node.call(lambda: NftTable().apply(render(d)))
+        out = node.call(lambda: Nft().list_table())
+        assert out is not None
+        text = json.dumps(out)
+        assert "192.0.2.10" in text and "fully-random" in text
+
+
+class TestNodeRouting:
+    def test_rule_and_routes_converge_and_sweep(self, node: NamespaceThread) -> None:
+        d = desired_state("64:ff9b::/96")
+        (t,) = d.translators
+
+        def setup() -> None:
+            with IPRoute() as ipr:
+                ipr.link("add", ifname=t.node_link, kind="veth", peer="fn64-peer")
+                ipr.link("set", index=ipr.link_lookup(ifname="fn64-peer")[0], state="up")
+                idx = ipr.link_lookup(ifname=t.node_link)[0]
+                ipr.link("set", index=idx, state="up")
+                ipr.addr("add", index=idx, address=str(t.link_node_addr.ip), prefixlen=30)
+                ipr.addr("add", index=idx, address="fe80::1", prefixlen=64)
+                # a foreign route and rule that must survive
+                ipr.route("add", dst="198.18.0.0", dst_len=15, oif=idx)
+                ipr.rule("add", family=socket.AF_INET6, table=100, priority=200)
+
+        node.call(setup)
+        rule = RuleSpec(d.firewall_mark, d.routing_table, d.rule_priority)
+        routes = node_routes(d)
+        assert node.call(lambda: NodeRouting().apply(rule, routes, {d.routing_table})) == 3
+        assert node.call(lambda: NodeRouting().apply(rule, routes, {d.routing_table})) == 0
+
+        def dump() -> tuple[list[str], list[int]]:
+            with IPRoute() as ipr:
+                ours = [f"{r.get('dst')}/{r['dst_len']}" for fam in (socket.AF_INET, socket.AF_INET6)
+                        for tbl in (254, d.routing_table) for r in ipr.route("dump", family=fam, table=tbl)
+                        if r["proto"] == ROUTE_PROTO]
+                prios = [r.get("priority") for r in ipr.rule("dump", family=socket.AF_INET6)]
+                return ours, prios
+
+        ours, prios = node.call(dump)
+        assert sorted(ours) == ["169.254.64.8/29", "64:ff9b::/96"]
+        assert 96 in prios and 200 in prios
+
+        # a route deleted from outside comes back
+        def delete_route() -> None:
+            with IPRoute() as ipr:
+                ipr.route("del", family=socket.AF_INET6, dst="64:ff9b::", dst_len=96, table=d.routing_table)
+
+        node.call(delete_route)
+        assert node.call(lambda: NodeRouting().apply(rule, routes, {d.routing_table})) == 1
+        # off: ours go, the foreign ones stay
+        assert node.call(lambda: NodeRouting().apply(None, (), {d.routing_table})) == 3
+        ours, prios = node.call(dump)
+        assert ours == [] and 96 not in prios and 200 in prios
+
+        def foreign_route_left() -> bool:
+            with IPRoute() as ipr:
+                return any(r.get("dst") == "198.18.0.0" for r in ipr.route("dump", family=socket.AF_INET))
+
+        assert node.call(foreign_route_left)
+
+
+class TestTranslatorLinks:
+    def test_ensure_is_idempotent_and_repairs(self, node: NamespaceThread) -> None:
+        d = desired_state("64:ff9b::/96")
+        (t,) = d.translators
+        assert node.call(lambda: TranslatorLinks().ensure(t, 1450)) > 0
+        assert namespace_exists(t.namespace)
+        assert node.call(lambda: TranslatorLinks().ensure(t, 1450)) == 0
+
+        def inspect() -> dict[str, object]:
+            with IPRoute() as ipr, IPRoute(netns=t.namespace) as inner:
+                link = ipr.link("get", index=ipr.link_lookup(ifname=t.node_link)[0])[0]
+                peer = inner.link("get", index=inner.link_lookup(ifname="fn64-node")[0])[0]
+                addrs = sorted(f"{a.get('address')}/{a['prefixlen']}" for a in
+                               inner.addr("dump", index=peer["index"]))
+                routes = sorted(f"{r.get('dst') or 'default'}/{r['dst_len']} via {r.get('gateway')}"
+                                for fam in (socket.AF_INET, socket.AF_INET6)
+                                for r in inner.route("dump", family=fam, table=254) if r.get("gateway"))
+                return {"mtu": link.get("mtu"), "peer_mtu": peer.get("mtu"), "alias": link.get("ifalias"),
+                        "addrs": addrs, "routes": routes}
+
+        info = node.call(inspect)
+        assert info["mtu"] == 1450 and info["peer_mtu"] == 1450
+        assert info["alias"] == "felix-nat64 parent=64:ff9b::/96"
+        assert "169.254.64.2/30" in info["addrs"] and "fe80::2/64" in info["addrs"]  # type: ignore[operator]
+        assert info["routes"] == ["default/0 via 169.254.64.1", "default/0 via fe80::1"]
+
+        ethtool = subprocess.run(["ip", "netns", "exec", t.namespace, "ethtool", "-k", "fn64-node"],
+                                 capture_output=True, text=True, check=True).stdout
+        assert "generic-receive-offload: off" in ethtool
+
+        found = node.call(discover)
+        assert [(f.parent, f.block) for f in found] == [(t.parent, t.block)]
+
+        # MTU change and a deleted inner link are both converged
+        def break_it() -> None:
+            with IPRoute(netns=t.namespace) as inner:
+                inner.link("del", index=inner.link_lookup(ifname="fn64-node")[0])
+
+        node.call(break_it)
+        assert node.call(lambda: TranslatorLinks().ensure(t, 1400)) > 0
+        assert node.call(inspect)["mtu"] == 1400
+        assert node.call(lambda: TranslatorLinks().ensure(t, 1400)) == 0
+
+        # removal leaves nothing behind
+        (f,) = node.call(discover)
+        assert node.call(lambda: TranslatorLinks().remove(f)) == 2
+        assert not namespace_exists(t.namespace)
+        assert node.call(discover) == []
+        assert node.call(lambda: TranslatorLinks().remove(f)) == 0
