@@ -13,6 +13,7 @@ from felix_nat64.dataplane.managers import FelixView
 from felix_nat64.drivers.plan import program
 from felix_nat64.model.desired import CapacityError, build_desired
 from felix_nat64.model.jsonview import to_jsonable
+from felix_nat64.observe import logs
 from felix_nat64.observe.status import StreamCounters
 from felix_nat64.wire import messages as m
 from felix_nat64.wire.transport import pump
@@ -109,6 +110,7 @@ def _notes(view: FelixView, settings_ok: bool) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    logs.configure(level="critical")  # every problem is in the JSON report
     if args.stream == "-":
         report, valid = render_stream(sys.stdin.buffer, args.hostname)
     else:

@@ -141,8 +141,11 @@ def _refused(inputs: Inputs, prefixes: Iterable[IPv6Net]) -> Iterable[RefusedDes
             overlap = addressing.intersect4(rng.network, reachable)
             if overlap is not None and overlap not in found:
                 found[overlap] = rng.reason
-        # nftables interval sets reject overlapping elements: keep only the widest.
-        for net in sorted(found, key=lambda n: (n.network_address, n.prefixlen)):
-            if any(net != other and net.subnet_of(other) for other in found):
+        # nftables interval sets reject overlapping elements: keep only the
+        # widest. CIDRs nest or are disjoint, so one sorted sweep finds them.
+        covered_to = -1
+        for net in sorted(found, key=lambda n: (int(n.network_address), n.prefixlen)):
+            if int(net.network_address) <= covered_to:
                 continue
+            covered_to = int(net.broadcast_address)
             yield RefusedDestination(addressing.embed(parent, net), net, found[net])

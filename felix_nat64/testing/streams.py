@@ -46,7 +46,7 @@ class StreamBuilder:
     def _add(self, msg: pb.ToDataplane) -> StreamBuilder:
         msg.sequence_number = self._seq
         self._seq += 1
-        self.frames.append(encode_frame(msg.SerializeToString()))
+        self.frames.append(encode_frame(msg.SerializeToString(deterministic=True)))
         return self
 
     def raw_frame(self, body: bytes) -> StreamBuilder:

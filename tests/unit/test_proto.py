@@ -1,0 +1,38 @@
+"""The committed Python bindings match proto/felixbackend.proto, and the
+schema keeps Felix's names and numbers."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from felix_nat64.wire import felixbackend_pb2 as pb
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_generated_module_is_current(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"--python_out={tmp_path}",
+         f"--pyi_out={tmp_path}", str(ROOT / "proto" / "felixbackend.proto")],
+        check=True,
+    )
+    for name in ("felixbackend_pb2.py", "felixbackend_pb2.pyi"):
+        assert (tmp_path / name).read_text() == (ROOT / "felix_nat64" / "wire" / name).read_text(), \
+            f"felix_nat64/wire/{name} is stale: run make proto"
+
+
+def test_field_numbers_match_felix() -> None:
+    fields = {f.name: f.number for f in pb.ToDataplane.DESCRIPTOR.fields}
+    assert fields == {
+        "sequence_number": 15, "in_sync": 1, "config_update": 13, "host_metadata_update": 14,
+        "host_metadata_remove": 18, "ipam_pool_update": 16, "ipam_pool_remove": 17,
+        "host_metadata_v6_update": 35, "host_metadata_v6_remove": 36,
+        "host_metadata_v4v6_update": 37, "host_metadata_v4v6_remove": 38,
+    }
+    assert {f.name: f.number for f in pb.IPAMPool.DESCRIPTOR.fields} == {
+        "cidr": 1, "masquerade": 2, "ipip_mode": 3, "vxlan_mode": 4, "allowed_uses": 5}
+    assert {f.name: f.number for f in pb.HostMetadataUpdate.DESCRIPTOR.fields} == {
+        "hostname": 1, "ipv4_addr": 2, "ipv6_addr": 3, "asnumber": 4, "labels": 5}
+    assert {f.name: f.number for f in pb.FromDataplane.DESCRIPTOR.fields} == {
+        "sequence_number": 8, "process_status_update": 3}
+    assert pb.DESCRIPTOR.package == "felix"
