@@ -22,14 +22,18 @@ import tempfile
 import time
 from typing import Any
 
+from felix_nat64.dataplane.managers import FelixView
+from felix_nat64.model.desired import build_desired
+from felix_nat64.observe.status import StreamCounters
+from felix_nat64.testing.streams import StreamBuilder
+from felix_nat64.wire.transport import fd_chunks, pump
+
 MESSAGES = 100_000
 
 
 def build_snapshot(path: str, messages: int) -> dict[str, int]:
     """Writes a snapshot shaped like a busy cluster's: 40% policies, 30% IP
     sets, 27% local workload endpoints, the rest pools and hosts."""
-    from felix_nat64.testing.streams import StreamBuilder
-
     b = StreamBuilder("master")
     b.env_config(NAT64Prefixes="64:ff9b::/96,2001:db8:64::/96", FelixHostname="node-0")
     counts = {"policies": int(messages * 0.40), "ipsets": int(messages * 0.30),
@@ -64,11 +68,6 @@ def peak_rss_mb() -> float:
 
 def child(path: str) -> dict[str, Any]:
     """Runs in a fresh interpreter: read, decode, fold, calculate."""
-    from felix_nat64.dataplane.managers import FelixView
-    from felix_nat64.model.desired import build_desired
-    from felix_nat64.observe.status import StreamCounters
-    from felix_nat64.wire.transport import fd_chunks, pump
-
     rss_before = peak_rss_mb()
     view = FelixView("node-0")
     counters = StreamCounters()
@@ -95,7 +94,8 @@ def child(path: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=MESSAGES)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", default="docs/bench/frontend.json", help="where to write the figures")
