@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   python3 python3-venv python3-pip python3-nftables nftables iproute2 conntrack ethtool
   iperf3 socat curl procps kmod
+  # Felix-style rulesets in iptables mode (felix_nat64/testing/calico_rules.py).
+  iptables ipset
   # The test VM: Debian's kernel with Jool built by DKMS, booted by virtme-ng.
   qemu-system-x86 linux-image-amd64 linux-headers-amd64 jool-dkms jool-tools busybox-static
 )
