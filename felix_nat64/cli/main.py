@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from felix_nat64 import __version__
-from felix_nat64.cli import exitcodes, render, stream
+from felix_nat64.cli import cleanup, demo, driver, exitcodes, render, sessions, status, stream
 from felix_nat64.cli.errors import CliError
 
 
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"felix-nat64 {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (render, stream):
+    for module in (demo, status, sessions, render, stream, cleanup, driver):
         module.add_parser(sub)
     return parser
 
@@ -38,6 +39,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return exitcodes.OK
     return code
+
+
+def driver_main() -> None:
+    """`felix-nat64-driver`: what Felix execs, with no arguments."""
+    if len(sys.argv) > 1:
+        print("felix-nat64-driver takes no arguments (Felix starts it with its stream on fd 3); "
+              "see 'felix-nat64 driver --help' for the other ways to run the driver", file=sys.stderr)
+        sys.exit(exitcodes.USAGE)
+    status_file = os.environ.get("FELIX_NAT64_STATUS_FILE")
+    sys.exit(main(["driver", *(["--status-file", status_file] if status_file else [])]))
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ class LoopOptions:
 
 
 Event = m.FelixMessage | m.Undecodable | StreamEnd
+MAX_IDLE_SECONDS = 10.0
 
 
 class DataplaneLoop:
@@ -84,6 +85,8 @@ class DataplaneLoop:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         publish: Callable[[], None] = lambda: None,
+        on_iteration: Callable[[], None] = lambda: None,
+        on_apply: Callable[[ApplyRecord], None] = lambda record: None,
     ) -> None:
         self._events = events
         self._dataplane = dataplane
@@ -93,6 +96,8 @@ class DataplaneLoop:
         self._clock = clock
         self._wall = wall_clock
         self._publish = publish
+        self._on_iteration = on_iteration
+        self._on_apply = on_apply
         self._log = EventLogger("loop")
         self._dirty = False
         self._applied: DesiredState | None = None
@@ -106,7 +111,9 @@ class DataplaneLoop:
 
     def run(self) -> StreamEnd:
         """Runs until the stream ends; returns how it ended."""
+        self.step()  # work left over from an earlier run
         while True:
+            self._on_iteration()
             timeout = self._timeout()
             try:
                 event = self._events.get(timeout=timeout)
@@ -118,11 +125,11 @@ class DataplaneLoop:
                     return end
             self.step()
 
-    def _timeout(self) -> float | None:
+    def _timeout(self) -> float:
+        # Wake at least every few seconds so liveness sees the loop turning.
         deadlines = [d for d in (self._retry_at, self._resync_at) if d is not None]
-        if not deadlines:
-            return None
-        return max(0.0, min(deadlines) - self._clock())
+        wait = min(deadlines) - self._clock() if deadlines else MAX_IDLE_SECONDS
+        return min(max(0.0, wait), MAX_IDLE_SECONDS)
 
     def _fold_burst(self, first: Event) -> StreamEnd | None:
         """Folds `first` and whatever follows within the coalescing window."""
@@ -231,8 +238,9 @@ class DataplaneLoop:
             self._retry_at = self._clock() + self._backoff
             self._log.warning("apply failed", error=str(exc), retry_in=round(self._backoff, 3))
             self._backoff = min(self._backoff * 2, self._opt.backoff_max)
-            self._status.record_apply(ApplyRecord(self._wall(), duration, False, str(exc),
-                                                  resync=resync))
+            record = ApplyRecord(self._wall(), duration, False, str(exc), resync=resync)
+            self._status.record_apply(record)
+            self._on_apply(record)
             self._publish()
             return
         duration = self._clock() - start
@@ -250,8 +258,9 @@ class DataplaneLoop:
         if first or outcome.changes:
             self._log.info("dataplane applied", translators=len(desired.translators),
                            changes=outcome.changes, duration=round(duration, 4))
-        self._status.record_apply(ApplyRecord(self._wall(), duration, True, "", outcome.changes,
-                                              resync))
+        record = ApplyRecord(self._wall(), duration, True, "", outcome.changes, resync)
+        self._status.record_apply(record)
+        self._on_apply(record)
         self._publish()
 
     def new_session(self) -> None:

@@ -60,7 +60,6 @@ class KernelDataplane:
         self._routing = routing or NodeRouting()
         self._nft = nft or NftTable()
         self._log = EventLogger("kernel")
-        self._tables_used: set[int] = set()
 
     def adopt(self) -> Mapping[ipaddress.IPv6Network, ipaddress.IPv4Network]:
         try:
@@ -82,14 +81,12 @@ class KernelDataplane:
             mtu = self.mtu_for(desired)
             for t in desired.translators:
                 changes += self._step(f"translator {t.namespace}", self._ensure_translator, t, desired, mtu)
-            self._tables_used.add(desired.routing_table)
             rule = RuleSpec(desired.firewall_mark, desired.routing_table, desired.rule_priority)
-            changes += self._step("node routing", self._routing.apply, rule, node_routes(desired),
-                                  self._tables_used)
+            changes += self._step("node routing", self._routing.apply, rule, node_routes(desired))
             changes += self._step("nftables table", self._nft.apply, render(desired))
         else:
             changes += self._step("nftables table", self._nft.apply, None)
-            changes += self._step("node routing", self._routing.apply, None, (), self._tables_used)
+            changes += self._step("node routing", self._routing.apply, None, ())
         wanted = {t.tid for t in desired.translators}
         for found in self._step("translator discovery", discover):
             if found.tid not in wanted:

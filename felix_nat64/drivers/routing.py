@@ -43,40 +43,37 @@ class NodeRouting:
     def __init__(self) -> None:
         self._log = EventLogger("routing")
 
-    def apply(self, rule: RuleSpec | None, routes: Iterable[Route], tables: Iterable[int]) -> int:
-        """Makes the node's rule and routes match; `tables` are every table we
-        may have used (so routes left in a previous table are swept too)."""
+    def apply(self, rule: RuleSpec | None, routes: Iterable[Route]) -> int:
+        """Makes the node's rule and routes match; ours are swept from every table."""
         with IPRoute() as ipr:
-            changes = self._converge_routes(ipr, list(routes), set(tables) | {MAIN_TABLE})
+            changes = self._converge_routes(ipr, list(routes))
             changes += self._converge_rule(ipr, rule)
         return changes
 
-    def _converge_routes(self, ipr: IPRoute, routes: list[Route], tables: set[int]) -> int:
+    def _converge_routes(self, ipr: IPRoute, routes: list[Route]) -> int:
         wanted: dict[_RouteKey, Route] = {}
         for r in routes:
             family = socket.AF_INET6 if r.dst.version == 6 else socket.AF_INET
             wanted[_RouteKey(family, r.table, str(r.dst))] = r
-            tables.add(r.table)
         changes = 0
         seen: set[_RouteKey] = set()
         for family in (socket.AF_INET, socket.AF_INET6):
-            for table in sorted(tables):
-                for cur in ipr.route("dump", family=family, table=table):
-                    if cur["proto"] != ROUTE_PROTO:
-                        continue
-                    default = "::" if family == socket.AF_INET6 else "0.0.0.0"  # noqa: S104
-                    dst = ipaddress.ip_network((cur.get("dst") or default, cur["dst_len"]))
-                    key = _RouteKey(family, cur.get("table") or table, str(dst))
-                    want = wanted.get(key)
-                    if want is not None and cur.get("gateway") == str(want.gateway) \
-                            and cur.get("oif") in ipr.link_lookup(ifname=want.dev):
-                        seen.add(key)
-                        continue
-                    if want is None:
-                        ipr.route("del", family=family, dst=str(dst.network_address),
-                                  dst_len=dst.prefixlen, table=key.table, proto=ROUTE_PROTO)
-                        self._log.info("route removed", dst=dst, table=key.table)
-                        changes += 1
+            for cur in ipr.route("dump", family=family):  # every table
+                if cur["proto"] != ROUTE_PROTO:
+                    continue
+                default = "::" if family == socket.AF_INET6 else "0.0.0.0"  # noqa: S104
+                dst = ipaddress.ip_network((cur.get("dst") or default, cur["dst_len"]))
+                key = _RouteKey(family, cur.get("table") or MAIN_TABLE, str(dst))
+                want = wanted.get(key)
+                if want is not None and cur.get("gateway") == str(want.gateway) \
+                        and cur.get("oif") in ipr.link_lookup(ifname=want.dev):
+                    seen.add(key)
+                    continue
+                if want is None:
+                    ipr.route("del", family=family, dst=str(dst.network_address),
+                              dst_len=dst.prefixlen, table=key.table, proto=ROUTE_PROTO)
+                    self._log.info("route removed", dst=dst, table=key.table)
+                    changes += 1
         for key, r in wanted.items():
             if key in seen:
                 continue

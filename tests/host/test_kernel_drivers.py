@@ -183,8 +183,8 @@ class TestNodeRouting:
         node.call(setup)
         rule = RuleSpec(d.firewall_mark, d.routing_table, d.rule_priority)
         routes = node_routes(d)
-        assert node.call(lambda: NodeRouting().apply(rule, routes, {d.routing_table})) == 3
-        assert node.call(lambda: NodeRouting().apply(rule, routes, {d.routing_table})) == 0
+        assert node.call(lambda: NodeRouting().apply(rule, routes)) == 3
+        assert node.call(lambda: NodeRouting().apply(rule, routes)) == 0
 
         def dump() -> tuple[list[str], list[int]]:
             with IPRoute() as ipr:
@@ -204,9 +204,9 @@ class TestNodeRouting:
                 ipr.route("del", family=socket.AF_INET6, dst="64:ff9b::", dst_len=96, table=d.routing_table)
 
         node.call(delete_route)
-        assert node.call(lambda: NodeRouting().apply(rule, routes, {d.routing_table})) == 1
+        assert node.call(lambda: NodeRouting().apply(rule, routes)) == 1
         # off: ours go, the foreign ones stay
-        assert node.call(lambda: NodeRouting().apply(None, (), {d.routing_table})) == 3
+        assert node.call(lambda: NodeRouting().apply(None, ())) == 3
         ours, prios = node.call(dump)
         assert ours == [] and 96 not in prios and 200 in prios
 

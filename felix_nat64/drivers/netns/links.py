@@ -16,15 +16,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
-from pyroute2 import netns as pr_netns
 from pyroute2.ethtool import Ethtool
 
 from felix_nat64.drivers.netns.worker import (
     NETNS_DIR,
     NamespaceThread,
+    create_namespace,
     list_namespaces,
     namespace_exists,
     read_sysctl,
+    remove_namespace,
     write_sysctl,
 )
 from felix_nat64.drivers.plan import Route, translator_routes
@@ -107,44 +108,53 @@ class TranslatorLinks:
         log = self._log.bind(translator=t.namespace)
         changes = 0
         if not namespace_exists(t.namespace):
-            pr_netns.create(t.namespace)
+            create_namespace(t.namespace)
             log.info("namespace created")
             changes += 1
-        with IPRoute() as node, IPRoute(netns=t.namespace) as inner:
-            node_idx, inner_idx, created = self._pair(node, inner, t)
-            changes += created
-            if created:
-                log.info("link created", node_link=t.node_link)
-            changes += self._converge_link(node, node_idx, mtu, ALIAS_PREFIX + str(t.parent))
-            changes += self._converge_link(inner, inner_idx, mtu, None)
-            lo = _lookup(inner, "lo")
-            if lo is not None and not inner.link("get", index=lo)[0]["flags"] & 1:
-                inner.link("set", index=lo, state="up")
-                changes += 1
-            changes += self._converge_addrs(node, node_idx, [t.link_node_addr, NODE_LINK_LL])
-            changes += self._converge_addrs(inner, inner_idx, [t.link_ns_addr, NS_LINK_LL])
-            changes += self._converge_routes(inner, inner_idx, translator_routes(t))
-        changes += self._node_side_settings(t.node_link)
-        with NamespaceThread(t.namespace) as worker:
-            changes += worker.call(self._inner_settings)
+        # Netlink and sysctls inside the namespace go through a thread that
+        # lives there (no fork: the driver runs threads).
+        with IPRoute() as node, NamespaceThread(t.namespace) as worker:
+            inner: IPRoute = worker.call(IPRoute)
+            try:
+                node_idx, inner_idx, created = self._pair(node, worker, inner, t)
+                changes += created
+                if created:
+                    log.info("link created", node_link=t.node_link)
+                changes += self._converge_link(node, node_idx, mtu, ALIAS_PREFIX + str(t.parent))
+                changes += worker.call(self._converge_inner, inner, inner_idx, t, mtu)
+                changes += self._converge_addrs(node, node_idx, [t.link_node_addr, NODE_LINK_LL])
+                changes += self._node_side_settings(t.node_link)
+                changes += worker.call(self._inner_settings)
+            finally:
+                worker.call(inner.close)
         return changes
 
-    def _pair(self, node: IPRoute, inner: IPRoute, t: Translator) -> tuple[int, int, int]:
+    def _converge_inner(self, inner: IPRoute, index: int, t: Translator, mtu: int) -> int:
+        changes = self._converge_link(inner, index, mtu, None)
+        lo = _lookup(inner, "lo")
+        if lo is not None and not inner.link("get", index=lo)[0]["flags"] & 1:
+            inner.link("set", index=lo, state="up")
+            changes += 1
+        changes += self._converge_addrs(inner, index, [t.link_ns_addr, NS_LINK_LL])
+        return changes + self._converge_routes(inner, index, translator_routes(t))
+
+    @staticmethod
+    def _pair(node: IPRoute, worker: NamespaceThread, inner: IPRoute, t: Translator) -> tuple[int, int, int]:
         node_idx = _lookup(node, t.node_link)
-        inner_idx = _lookup(inner, NS_LINK_NAME)
+        inner_idx = worker.call(_lookup, inner, NS_LINK_NAME)
         if node_idx is not None and inner_idx is not None:
-            peer = inner.link("get", index=inner_idx)[0].get("link")
+            peer = worker.call(lambda: inner.link("get", index=inner_idx)[0].get("link"))
             if peer == node_idx:
                 return node_idx, inner_idx, 0
         # Missing or mismatched halves: rebuild the pair from scratch.
         if node_idx is not None:
             node.link("del", index=node_idx)
         if inner_idx is not None:
-            inner.link("del", index=inner_idx)
+            worker.call(lambda: inner.link("del", index=inner_idx))
         node.link("add", ifname=t.node_link, kind="veth",
                   peer={"ifname": NS_LINK_NAME, "net_ns_fd": os.path.join(NETNS_DIR, t.namespace)})
         node_idx = _lookup(node, t.node_link)
-        inner_idx = _lookup(inner, NS_LINK_NAME)
+        inner_idx = worker.call(_lookup, inner, NS_LINK_NAME)
         if node_idx is None or inner_idx is None:
             raise RuntimeError(f"veth pair {t.node_link}/{NS_LINK_NAME} missing right after creation")
         return node_idx, inner_idx, 1
@@ -229,7 +239,7 @@ class TranslatorLinks:
                     node.link("del", index=index)  # its peer goes with it
                     changes += 1
         if found.namespace is not None and namespace_exists(found.namespace):
-            pr_netns.remove(found.namespace)
+            remove_namespace(found.namespace)
             changes += 1
         if changes:
             self._log.info("translator removed", tid=found.tid, namespace=found.namespace or "")

@@ -1,0 +1,86 @@
+"""Converges the Jool instance in each translator namespace.
+
+pool6 cannot change on a live NAT64 instance, so a different parent means a
+new instance; pool4 and globals are diffed against what Jool reports and
+only the differences are sent, so a restarted driver leaves a correct
+instance (and its sessions) alone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from felix_nat64.dataplane.loop import DataplaneError
+from felix_nat64.drivers.jool.client import JoolClient
+from felix_nat64.drivers.jool.errors import JoolError, JoolNotFound
+from felix_nat64.drivers.plan import JoolConfig, Pool4Entry
+from felix_nat64.model.state import JOOL_INSTANCE
+from felix_nat64.observe.logs import EventLogger
+
+
+def per_address(entries: Iterable[Pool4Entry]) -> set[Pool4Entry]:
+    """pool4 entries as Jool stores them: one per IPv4 address."""
+    out: set[Pool4Entry] = set()
+    for e in entries:
+        for addr in e.prefix:
+            out.add(Pool4Entry(e.proto, ipaddress.IPv4Network(addr), e.port_min, e.port_max, e.mark))
+    return out
+
+
+class JoolInstances:
+    """The JoolDriver of the kernel dataplane."""
+
+    def __init__(self) -> None:
+        self._log = EventLogger("jool")
+
+    def ensure(self, namespace: str, config: JoolConfig) -> int:
+        try:
+            with JoolClient.open(namespace) as jool:
+                return self._ensure(jool, config)
+        except JoolError as exc:
+            raise DataplaneError(f"Jool in {namespace}: {exc}") from exc
+
+    def _ensure(self, jool: JoolClient, config: JoolConfig) -> int:
+        name = config.instance
+        changes = 0
+        if jool.instance_exists(name):
+            pool6 = jool.global_list(name).get("pool6")
+            if pool6 != config.pool6:
+                # pool6 is fixed for a NAT64 instance's life: replace it.
+                self._log.warning("jool instance has another pool6, recreating", instance=name,
+                                  found=str(pool6), wanted=str(config.pool6))
+                jool.instance_remove(name)
+                jool.instance_add(name, config.pool6)
+                changes += 1
+        else:
+            jool.instance_add(name, config.pool6)
+            changes += 1
+        have = set(jool.pool4_list(name))
+        want = per_address(config.pool4)
+        for entry in sorted(want - have, key=str):
+            # FORCE: the namespace runs no sockets, so overlapping its
+            # ephemeral port range is harmless.
+            jool.pool4_add(name, entry, force=True)
+            changes += 1
+        for entry in sorted(have - want, key=str):
+            jool.pool4_remove(name, entry)
+            changes += 1
+        current = jool.global_list(name)
+        diff = {k: v for k, v in config.globals.items() if current.get(k) != v}
+        if diff:
+            jool.global_update(name, diff)
+            changes += 1
+        return changes
+
+    def remove(self, namespace: str) -> int:
+        try:
+            with JoolClient.open(namespace) as jool:
+                if not jool.instance_exists(JOOL_INSTANCE):
+                    return 0
+                jool.instance_remove(JOOL_INSTANCE)
+                return 1
+        except JoolNotFound:
+            return 0
+        except JoolError as exc:
+            raise DataplaneError(f"Jool in {namespace}: {exc}") from exc
