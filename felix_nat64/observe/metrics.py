@@ -1,0 +1,166 @@
+"""Prometheus metrics, named calico_nat64_<subsystem>_<name>_<unit>.
+
+A custom collector builds every family at scrape time from the status board
+and the last kernel sample, so scraping never touches the kernel or blocks
+the driver loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from felix_nat64 import __version__
+from felix_nat64.drivers.nft.ruleset import COUNTERS
+from felix_nat64.observe.kernel_stats import PROTOCOLS, KernelStats
+from felix_nat64.observe.status import StatusBoard
+
+PREFIX = "calico_nat64"
+
+# Jool stats worth a label of their own (translations, and drops by reason).
+JOOL_STATS_HELP = "Jool's own counters (JSTAT_*) by name, per translator."
+
+APPLY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
+
+
+class ApplyTimes:
+    """Histogram state for apply durations (written by the loop thread only)."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(APPLY_BUCKETS)
+        self.total = 0.0
+        self.n = 0
+
+    def observe(self, seconds: float) -> None:
+        self.n += 1
+        self.total += seconds
+        for i, bound in enumerate(APPLY_BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1
+
+
+class NAT64Collector(Collector):
+    """Everything felix-nat64 exports."""
+
+    def __init__(self, status: StatusBoard, stats: Callable[[], KernelStats | None],
+                 apply_times: ApplyTimes, host: str) -> None:
+        self._status = status
+        self._stats = stats
+        self._apply = apply_times
+        self._host = host
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._status.snapshot()
+        yield from self._driver_families(snap)
+        yield from self._stream_families(snap)
+        stats = self._stats()
+        if stats is not None:
+            yield from self._kernel_families(stats)
+
+    def _driver_families(self, snap: dict[str, Any]) -> Iterator[Metric]:
+        settings = snap.get("settings") or {}
+        info = GaugeMetricFamily(f"{PREFIX}_info", "felix-nat64 version and the NAT64 prefixes in force.",
+                                 labels=["version", "host", "prefixes"])
+        info.add_metric([__version__, self._host, ",".join(settings.get("prefixes") or [])], 1)
+        yield info
+        yield _gauge("felix_in_sync", "1 once Felix has sent its whole snapshot (InSync).",
+                     1 if snap["in_sync"] else 0)
+        yield _gauge("ready", "1 when NAT64 is applied and nothing is wrong (see /readiness).",
+                     1 if snap["ready"] else 0)
+        yield _gauge("settings_errors", "Settings rejected in Felix's last ConfigUpdate.",
+                     len(snap["settings_errors"]))
+        yield _counter("settings_rejections", "ConfigUpdates whose settings were rejected.",
+                       snap["settings_rejections"])
+        yield _gauge("config_warnings", "Configuration warnings (e.g. no IP pool covering a prefix).",
+                     len(snap["warnings"]) + len(snap["settings_warnings"]))
+        desired = snap.get("desired") or {}
+        yield _gauge("translators_desired", "Translators (one per /96 parent) the settings call for.",
+                     len(desired.get("translators") or []))
+        yield _counter("dataplane_applies", "Attempts to program the kernel.", snap["applies"])
+        yield _counter("dataplane_apply_failures", "Failed attempts to program the kernel.",
+                       snap["apply_failures"])
+        yield _counter("dataplane_drift_repairs", "Periodic resyncs that found and repaired kernel drift.",
+                       snap["drift_repairs"])
+        last = snap.get("last_apply")
+        if last is not None:
+            yield _gauge("dataplane_last_apply_timestamp_seconds", "When the kernel was last programmed.",
+                         last["at"])
+        hist = HistogramMetricFamily(f"{PREFIX}_dataplane_apply_duration_seconds",
+                                     "Time to converge the kernel on the desired state.")
+        cumulative = []
+        for bound, count in zip(APPLY_BUCKETS, self._apply.counts, strict=True):
+            cumulative.append(("+Inf" if bound == float("inf") else str(bound), count))
+        hist.add_metric([], cumulative, self._apply.total)
+        yield hist
+
+    def _stream_families(self, snap: dict[str, Any]) -> Iterator[Metric]:
+        stream = snap["stream"]
+        msgs = CounterMetricFamily(f"{PREFIX}_felix_messages", "Felix messages received, by payload type.",
+                                   labels=["payload"])
+        for payload, count in sorted(stream["by_payload"].items()):
+            msgs.add_metric([payload], count)
+        yield msgs
+        bad = CounterMetricFamily(f"{PREFIX}_felix_undecodable_messages",
+                                  "Well-framed Felix messages that could not be decoded.", labels=["used"])
+        bad.add_metric(["true"], stream["undecodable_used"])
+        bad.add_metric(["false"], stream["undecodable_other"])
+        yield bad
+        yield _counter("felix_bytes", "Bytes read from Felix's stream.", stream["bytes"])
+
+    def _kernel_families(self, stats: KernelStats) -> Iterator[Metric]:
+        yield _gauge("kernel_sample_timestamp_seconds", "When kernel state was last sampled.", stats.at)
+        yield _gauge("kernel_sample_error", "1 if the last kernel sample failed.", 1 if stats.error else 0)
+        packets = CounterMetricFamily(f"{PREFIX}_nft_packets",
+                                      "Packets counted by felix-nat64's nftables rules.", labels=["rule"])
+        nbytes = CounterMetricFamily(f"{PREFIX}_nft_bytes",
+                                     "Bytes counted by felix-nat64's nftables rules.", labels=["rule"])
+        for name in COUNTERS:
+            p, b = stats.nft.get(name, (0, 0))
+            packets.add_metric([name], p)
+            nbytes.add_metric([name], b)
+        yield packets
+        yield nbytes
+        labels = ["translator", "prefix", "protocol"]
+        sessions = GaugeMetricFamily(f"{PREFIX}_jool_sessions", "Jool sessions.", labels=labels)
+        bib = GaugeMetricFamily(f"{PREFIX}_jool_bib_entries", "Jool BIB entries (pool4 transport "
+                                "addresses in use).", labels=labels)
+        ports = GaugeMetricFamily(f"{PREFIX}_jool_pool4_transport_addresses",
+                                  "Pool4 capacity: addresses times ports (ICMP: identifiers).", labels=labels)
+        util = GaugeMetricFamily(f"{PREFIX}_jool_pool4_utilisation_ratio",
+                                 "BIB entries over pool4 capacity (1 means exhausted).", labels=labels)
+        jstats = CounterMetricFamily(f"{PREFIX}_jool_stats", JOOL_STATS_HELP,
+                                     labels=["translator", "prefix", "stat"])
+        up = GaugeMetricFamily(f"{PREFIX}_jool_instance_up", "1 if the translator's Jool instance exists.",
+                               labels=["translator", "prefix"])
+        for t in stats.translators:
+            up.add_metric([t.namespace, t.parent], 1 if t.instance else 0)
+            for proto in PROTOCOLS:
+                lab = [t.namespace, t.parent, proto]
+                sessions.add_metric(lab, t.sessions.get(proto, 0))
+                used = t.bib.get(proto, 0)
+                cap = t.pool4_ports.get(proto, 0)
+                bib.add_metric(lab, used)
+                ports.add_metric(lab, cap)
+                util.add_metric(lab, used / cap if cap else 0.0)
+            for name, value in sorted(t.jool.items()):
+                jstats.add_metric([t.namespace, t.parent, name], value)
+        yield from (up, sessions, bib, ports, util, jstats)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+
+
+def registry_for(collector: NAT64Collector) -> CollectorRegistry:
+    """A private registry (no process-wide globals) holding our collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
