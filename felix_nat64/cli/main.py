@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -39,16 +38,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return exitcodes.OK
     return code
-
-
-def driver_main() -> None:
-    """`felix-nat64-driver`: what Felix execs, with no arguments."""
-    if len(sys.argv) > 1:
-        print("felix-nat64-driver takes no arguments (Felix starts it with its stream on fd 3); "
-              "see 'felix-nat64 driver --help' for the other ways to run the driver", file=sys.stderr)
-        sys.exit(exitcodes.USAGE)
-    status_file = os.environ.get("FELIX_NAT64_STATUS_FILE")
-    sys.exit(main(["driver", *(["--status-file", status_file] if status_file else [])]))
 
 
 if __name__ == "__main__":

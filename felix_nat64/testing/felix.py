@@ -26,7 +26,7 @@ def driver_command() -> list[str]:
     found = shutil.which(DRIVER)
     if found:
         return [found]
-    return [sys.executable, "-c", "from felix_nat64.cli.main import driver_main; driver_main()"]
+    return [sys.executable, "-c", "from felix_nat64.cli.entry import driver_main; driver_main()"]
 
 
 class FelixSimulator:
