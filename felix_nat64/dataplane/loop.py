@@ -52,8 +52,8 @@ class Dataplane(Protocol):
     def apply(self, desired: DesiredState, resync: bool) -> ApplyOutcome:
         """Makes the kernel match `desired`; raises DataplaneError on failure.
 
-        With `resync`, cached kernel state is re-read first, so drift made
-        by others is found and repaired.
+        `resync` marks the periodic check for drift made by others; a
+        dataplane that caches kernel state must re-read it then.
         """
         ...
 
@@ -105,6 +105,7 @@ class DataplaneLoop:
         self._retry_at: float | None = None
         self._backoff = options.backoff_initial
         self._resync_at: float | None = None
+        self._warned: tuple[str, ...] = ()
         self.recalculations = 0
 
     # -- event handling -----------------------------------------------------
@@ -190,15 +191,18 @@ class DataplaneLoop:
         resync_due = self._resync_at is not None and now >= self._resync_at
         if not (self._dirty or retry_due or resync_due):
             return
+        # Deadlines are consumed here; a success sets the next resync, a
+        # failure the next retry (with back-off), so nothing spins.
+        self._retry_at = None
+        if resync_due:
+            self._resync_at = None
+        self._dirty = False
         desired = self._recalculate()
         if desired is None:
-            self._dirty = False
-            self._retry_at = None
             return
-        self._dirty = False
         if desired == self._applied and not retry_due and not resync_due:
             return
-        self._apply(desired, resync=resync_due or retry_due)
+        self._apply(desired, resync=resync_due)
 
     def _recalculate(self) -> DesiredState | None:
         if self.view.settings.in_force is None:
@@ -213,6 +217,11 @@ class DataplaneLoop:
             self._status.update(desired_error=str(exc))
             self._publish()
             return None
+        if desired.warnings != self._warned:
+            for warning in desired.warnings:
+                if warning not in self._warned:
+                    self._log.warning("configuration warning", detail=warning)
+            self._warned = desired.warnings
         self._status.update(desired=to_jsonable(desired), desired_error="",
                             warnings=list(desired.warnings))
         return desired
@@ -245,6 +254,9 @@ class DataplaneLoop:
             return
         duration = self._clock() - start
         first = self._applied is None
+        # Changes found by a resync of an unchanged desired state are drift:
+        # somebody else altered our objects.
+        drift = resync and not first and desired == self._applied and outcome.changes > 0
         self._applied = desired
         self._blocks = dict(desired.blocks)
         self._retry_at = None
@@ -252,7 +264,7 @@ class DataplaneLoop:
         interval = self.view.settings.in_force.resync_interval if self.view.settings.in_force \
             else self._opt.default_resync_interval
         self._resync_at = self._clock() + interval
-        if resync and outcome.changes and not first:
+        if drift:
             self._status.increment("drift_repairs")
             self._log.warning("repaired drift in kernel state", changes=outcome.changes)
         if first or outcome.changes:

@@ -85,10 +85,9 @@ class NAT64Collector(Collector):
                        snap["apply_failures"])
         yield _counter("dataplane_drift_repairs", "Periodic resyncs that found and repaired kernel drift.",
                        snap["drift_repairs"])
-        last = snap.get("last_apply")
-        if last is not None:
-            yield _gauge("dataplane_last_apply_timestamp_seconds", "When the kernel was last programmed.",
-                         last["at"])
+        if snap.get("last_success_at"):
+            yield _gauge("dataplane_last_success_timestamp_seconds",
+                         "When the kernel was last brought to the desired state.", snap["last_success_at"])
         hist = HistogramMetricFamily(f"{PREFIX}_dataplane_apply_duration_seconds",
                                      "Time to converge the kernel on the desired state.")
         cumulative = []

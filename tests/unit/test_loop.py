@@ -6,6 +6,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
+import pytest
+
 from felix_nat64.dataplane.loop import (
     ApplyOutcome,
     DataplaneError,
@@ -189,3 +191,61 @@ def test_out_of_order_messages_are_tolerated() -> None:
               config(NAT64Prefixes="64:ff9b::/96"), m.InSync()]
     run_loop(events, dp, settle=0.2)
     assert len(dp.applied) == 1 and dp.applied[0][0].sources == (N6("fd00::/64"),)
+
+
+class FailingAfter(RecordingDataplane):
+    """Succeeds `ok` times, then fails every apply."""
+
+    def __init__(self, ok: int) -> None:
+        super().__init__()
+        self.ok = ok
+        self.calls = 0
+
+    def apply(self, desired: DesiredState, resync: bool) -> ApplyOutcome:
+        self.calls += 1
+        if self.calls > self.ok:
+            raise DataplaneError("kernel said no")
+        return super().apply(desired, resync)
+
+
+def test_a_failing_resync_backs_off_instead_of_spinning() -> None:
+    dp = FailingAfter(ok=1)
+    opts = LoopOptions(coalesce_seconds=0.01, backoff_initial=0.2, backoff_max=0.4)
+    run_loop([config(NAT64Prefixes="64:ff9b::/96", NAT64ResyncInterval="1s"), m.InSync()], dp, opts,
+             settle=2.5)
+    # first apply, a resync at ~1s that fails, then retries 0.2s, 0.4s, 0.4s apart
+    assert 3 <= dp.calls <= 8, dp.calls
+
+
+def test_retries_and_desired_changes_are_not_counted_as_drift() -> None:
+    dp = RecordingDataplane(failures=2)
+    q: queue.Queue[object] = queue.Queue()
+    status = StatusBoard()
+    loop = DataplaneLoop(q, dp, status, options=FAST)  # type: ignore[arg-type]
+    for e in (config(NAT64Prefixes="64:ff9b::/96"), m.InSync()):
+        loop.handle(e)  # type: ignore[arg-type]
+    deadline = threading.Event()
+    for _ in range(100):
+        loop.step()
+        if dp.applied:
+            break
+        deadline.wait(0.02)
+    assert len(dp.applied) == 1
+    loop.handle(pool("fd00:9::/64"))
+    loop.step()
+    assert len(dp.applied) == 2
+    assert status.get("drift_repairs") == 0
+
+
+def test_configuration_warnings_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    q: queue.Queue[object] = queue.Queue()
+    loop = DataplaneLoop(q, RecordingDataplane(), StatusBoard(), options=FAST)  # type: ignore[arg-type]
+    masq = m.PoolUpdate("p", ipaddress.ip_network("fd00::/64"), True)
+    with caplog.at_level("WARNING", logger="felix_nat64"):
+        for e in (config(NAT64Prefixes="64:ff9b::/96"), masq, m.InSync()):
+            loop.handle(e)  # type: ignore[arg-type]
+        loop.step()
+        loop.handle(pool("fd00:9::/64"))
+        loop.step()
+    warned = [r for r in caplog.records if r.getMessage() == "configuration warning"]
+    assert len(warned) == 1

@@ -265,7 +265,8 @@ def forwarding_problems() -> list[str]:
     """Node-wide forwarding settings NAT64 needs (Calico sets them; we only check)."""
     problems = []
     for path, what in (("net/ipv4/ip_forward", "IPv4"), ("net/ipv6/conf/all/forwarding", "IPv6")):
-        if read_sysctl(path) != "1":
-            problems.append(f"{what} forwarding is off on this node ({path.replace('/', '.')}=0); "
+        value = read_sysctl(path)
+        if value != "1":
+            problems.append(f"{what} forwarding is off on this node ({path.replace('/', '.')}={value}); "
                             "Calico enables it on its nodes, and NAT64 needs it")
     return problems
