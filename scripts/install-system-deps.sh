@@ -8,6 +8,8 @@ packages=(
   iperf3 socat curl procps kmod
   # Felix-style rulesets in iptables mode (felix_nat64/testing/calico_rules.py).
   iptables ipset
+  # docs/diagrams: SVGs drawn from Graphviz sources (tests/unit/test_diagrams.py).
+  graphviz
   # The test VM: Debian's kernel with Jool built by DKMS, booted by virtme-ng.
   qemu-system-x86 linux-image-amd64 linux-headers-amd64 jool-dkms jool-tools busybox-static
 )
