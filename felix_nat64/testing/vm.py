@@ -10,6 +10,7 @@ runs as root in the guest, in the current directory, with the module loaded.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import os
@@ -23,6 +24,7 @@ import tempfile
 from collections.abc import Sequence
 
 DEFAULT_MEMORY = "2G"
+LOCK_PATH = "/run/lock/felix-nat64-vm.lock"  # shared by every checkout on the machine
 IMAGE_LABEL = "fn64py"
 GUEST_IMAGE_MOUNT = "/run/fn64py"
 # Packages the guest never imports; leaving them out keeps the image small.
@@ -181,7 +183,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # vng execs virtme-run by name, so its own bin directory must be on PATH.
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(_vng() or "") + os.pathsep + env.get("PATH", "")
-    return subprocess.run(cmd, env=env, check=False).returncode
+    # One VM at a time: two emulated guests on a small machine starve each
+    # other, and timing-sensitive tests and benchmarks go wrong.
+    with open(LOCK_PATH, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("felix-nat64 vm: waiting for another test VM to finish...", file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return subprocess.run(cmd, env=env, check=False).returncode
 
 
 if __name__ == "__main__":
