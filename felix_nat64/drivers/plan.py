@@ -22,7 +22,6 @@ from felix_nat64.model.state import (
 )
 
 DEFAULT_MTU = 1500
-POOL4_PORTS = (1024, 65535)  # TCP/UDP; nothing else in the namespace uses ports
 POOL4_ICMP_IDS = (0, 65535)
 
 
@@ -63,8 +62,9 @@ MAIN_TABLE = 254
 
 def jool_config(t: Translator, desired: DesiredState, mtu: int) -> JoolConfig:
     """The Jool instance serving translator `t`."""
+    ports = (desired.pool4_ports.first, desired.pool4_ports.last)
     pool4 = tuple(
-        Pool4Entry(proto, t.pool4, *(POOL4_ICMP_IDS if proto == "icmp" else POOL4_PORTS))
+        Pool4Entry(proto, t.pool4, *(POOL4_ICMP_IDS if proto == "icmp" else ports))
         for proto in ("tcp", "udp", "icmp")
     )
     to = desired.timeouts

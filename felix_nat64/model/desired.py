@@ -52,6 +52,7 @@ def build_desired(inputs: Inputs) -> DesiredState:
         timeouts=Timeouts(s.tcp_established_timeout, s.tcp_transitory_timeout, s.udp_timeout,
                           s.icmp_timeout),
         pool4_cidr=s.pool4_cidr,
+        pool4_ports=s.pool4_ports,
         workload_iface_prefixes=s.interface_prefixes,
         firewall_mark=s.firewall_mark,
         routing_table=s.routing_table,

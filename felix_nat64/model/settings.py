@@ -45,6 +45,7 @@ class Settings:
     snat_address: ipaddress.IPv4Address | None = None
     source_cidrs: tuple[ipaddress.IPv6Network, ...] | None = None
     port_range: v.PortRange | None = None
+    pool4_ports: v.PortRange = v.PortRange(1024, 65535)
     mtu: int | None = None
     tcp_established_timeout: float = DEFAULT_TCP_ESTABLISHED
     tcp_transitory_timeout: float = DEFAULT_TCP_TRANSITORY
@@ -227,6 +228,10 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("NAT64PortRange", "port_range", v.parse_port_range,
                 "Source ports for the IPv4 leg after SNAT/masquerade. Unset: the kernel's choice.",
                 "32768-65535"),
+    SettingSpec("NAT64Pool4PortRange", "pool4_ports", v.parse_port_range,
+                "TCP/UDP ports each translator address hands out (Jool's pool4); with the 8 "
+                "addresses per translator this caps concurrent pod transport addresses per protocol.",
+                "1024-65535"),
     SettingSpec("NAT64MTU", "mtu", _mtu,
                 "MTU of the translator links and Jool's lowest-ipv6-mtu (1280-65535). Unset: the "
                 "pod network MTU Felix wrote to its MTU file, else 1500.", "1450"),

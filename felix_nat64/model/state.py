@@ -146,6 +146,7 @@ class DesiredState:
     mtu: int | None = None
     timeouts: Timeouts = Timeouts(0, 0, 0, 0)
     pool4_cidr: IPv4Net = IPv4Net("169.254.64.0/24")
+    pool4_ports: PortRange = PortRange(1024, 65535)
     workload_iface_prefixes: tuple[str, ...] = ("cali",)
     firewall_mark: int = 0x1000
     routing_table: int = 6464
