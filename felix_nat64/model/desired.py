@@ -69,7 +69,6 @@ def allocate_blocks(parents: Iterable[IPv6Net], pool4_cidr: IPv4Net,
     adding or removing another prefix never moves a live translator.
     """
     wanted = list(parents)
-    all_blocks = list(pool4_cidr.subnets(new_prefix=BLOCK_PREFIXLEN))
     result: dict[IPv6Net, IPv4Net] = {}
     used: set[IPv4Net] = set()
     for parent in wanted:
@@ -78,15 +77,17 @@ def allocate_blocks(parents: Iterable[IPv6Net], pool4_cidr: IPv4Net,
                 and block not in used:
             result[parent] = block
             used.add(block)
-    free = (b for b in all_blocks if b not in used)
+    # subnets() is lazy: only as many blocks as are needed are looked at.
+    free = (b for b in pool4_cidr.subnets(new_prefix=BLOCK_PREFIXLEN) if b not in used)
     for parent in wanted:
         if parent in result:
             continue
         block = next(free, None)
         if block is None:
             raise CapacityError(
-                f"NAT64Pool4CIDR {pool4_cidr} has {len(all_blocks)} /28 blocks but "
-                f"{len(wanted)} translators (one per /96 parent) need one each; use a larger range"
+                f"NAT64Pool4CIDR {pool4_cidr} has {2 ** (BLOCK_PREFIXLEN - pool4_cidr.prefixlen)} /28 "
+                f"blocks but {len(wanted)} translators (one per /96 parent) need one each; use a "
+                "larger range"
             )
         result[parent] = block
     return result
@@ -114,13 +115,15 @@ def _sources(inputs: Inputs) -> tuple[tuple[IPv6Net, ...], list[str]]:
                 )
     if s.source_cidrs is not None:
         return s.source_cidrs, warnings
-    sources = sorted({
+    # Calico keeps pools disjoint, but the nftables interval set must never
+    # receive overlapping elements whatever it is sent.
+    sources = list(ipaddress.collapse_addresses(
         p.cidr for p in v6_pools
-        if p.for_workloads and not _overlaps_any(p, s.prefixes)
-    }, key=lambda n: (n.network_address, n.prefixlen))
+        if isinstance(p.cidr, IPv6Net) and p.for_workloads and not _overlaps_any(p, s.prefixes)
+    ))
     if not sources:
         warnings.append("no IPv6 IP pool for workloads: no pod can use NAT64 yet")
-    return tuple(sources), warnings  # type: ignore[arg-type]
+    return tuple(sources), warnings
 
 
 def _overlaps_any(pool: Pool, prefixes: Iterable[IPv6Net]) -> bool:

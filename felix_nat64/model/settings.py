@@ -107,10 +107,14 @@ def _source_cidrs(text: str) -> tuple[ipaddress.IPv6Network, ...]:
     items = v.split_list(text)
     if not items:
         raise ValueError("empty list: leave the setting unset to use every IPv6 IP pool")
-    nets = [v.parse_ipv6_network(item) for item in items]
-    if len(set(nets)) != len(nets):
-        raise ValueError("a CIDR is listed twice")
-    return tuple(sorted(nets))
+    nets = sorted(v.parse_ipv6_network(item) for item in items)
+    for i, a in enumerate(nets):
+        for b in nets[i + 1:]:
+            if a == b:
+                raise ValueError(f"{a} is listed twice")
+            if a.overlaps(b):
+                raise ValueError(f"{a} and {b} overlap: list each source range once")
+    return tuple(nets)
 
 
 def _mtu(text: str) -> int:
@@ -145,6 +149,8 @@ def _pool4(text: str) -> ipaddress.IPv4Network:
         raise ValueError(f"{net} is too small: at least a /28 is needed (one /28 per translator)")
     if net.is_multicast or net.is_loopback or net.network_address.packed[0] in (0, 255):
         raise ValueError(f"{net} is not a usable unicast range")
+    if net.prefixlen < 16:
+        raise ValueError(f"{net} is too large: a /16 at most (it is carved into one /28 per translator)")
     return net
 
 
@@ -176,7 +182,7 @@ def _port(text: str) -> int:
 
 def _host(text: str) -> str:
     host = text.strip()
-    if host in ("", "localhost"):
+    if host.lower() in ("", "localhost"):
         return "127.0.0.1"
     try:
         ipaddress.ip_address(host)
@@ -334,6 +340,11 @@ def source_rank(name: str) -> int:
     return -1
 
 
+def _ours(lower_key: str) -> bool:
+    """Keys felix-nat64 reads (Felix's other parameters are Felix's business)."""
+    return lower_key in SPECS_BY_LOWER or lower_key.startswith(OUR_PREFIX)
+
+
 def _candidates(update: ConfigUpdate) -> tuple[dict[str, SettingOrigin], list[SettingError]]:
     """The winning raw value per lower-cased key, following Felix's precedence."""
     errors: list[SettingError] = []
@@ -348,7 +359,7 @@ def _candidates(update: ConfigUpdate) -> tuple[dict[str, SettingOrigin], list[Se
                 lower = raw_key.lower()
                 origin = SettingOrigin(lower, raw_key, value, src.name)
                 prior = seen.get(lower)
-                if prior is not None and prior.value != value:
+                if prior is not None and prior.value != value and _ours(lower):
                     errors.append(SettingError(
                         raw_key, value,
                         f"also set as {prior.raw_key}={prior.value!r} in the same source; "
@@ -366,7 +377,7 @@ def _candidates(update: ConfigUpdate) -> tuple[dict[str, SettingOrigin], list[Se
             continue
         # No per-source data for this key: case variants must agree.
         prior = resolved_only.get(lower)
-        if prior is not None and prior.value != value:
+        if prior is not None and prior.value != value and _ours(lower):
             errors.append(SettingError(raw_key, value,
                                        f"also set as {prior.raw_key}={prior.value!r}; set it once"))
         resolved_only[lower] = SettingOrigin(lower, raw_key, value, "")

@@ -50,6 +50,8 @@ def parse_duration(text: str) -> float:
         pos = match.end()
     if pos != len(value):
         raise ValueError("expected a duration such as 300s, 5m or 2h4m (units h, m, s, ms)")
+    if not total < float("inf"):
+        raise ValueError("a duration must be finite")
     return total
 
 

@@ -129,14 +129,12 @@ def _filler(b: StreamBuilder, skipped: Any) -> None:
 def dump_stream(data: bytes, include_skipped: bool = False) -> Iterator[dict[str, Any]]:
     """One JSON-ready dict per frame (and one for a framing error)."""
     decoder = FrameDecoder()
+    frames = decoder.feed(data)  # the frames before any corruption
+    error: str | None = None
     try:
-        frames = decoder.feed(data)
         decoder.finish()
     except FramingError as exc:
-        frames = []
-        error: str | None = str(exc)
-    else:
-        error = None
+        error = str(exc)
     for index, body in enumerate(frames):
         try:
             number = scan_payload_field(body)

@@ -33,9 +33,17 @@ class FrameDecoder:
         self._max = max_frame_bytes
         self.frames_decoded = 0
         self.bytes_consumed = 0
+        self.error: FramingError | None = None
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        """Adds bytes and returns every frame body that is now complete."""
+        """Adds bytes and returns every frame body that is now complete.
+
+        Frames before a corrupt length are returned whatever the read
+        boundaries; the corruption is then in `error`, and the next call
+        (or `finish`) raises it.
+        """
+        if self.error is not None:
+            raise self.error
         buf = self._buf
         buf += data
         frames: list[bytes] = []
@@ -45,11 +53,13 @@ class FrameDecoder:
         while end_of_data - pos >= HEADER_LEN:
             (length,) = unpack_from(buf, pos)
             if length > self._max:
-                raise FramingError(
+                self.error = FramingError(
                     f"frame length {length} bytes at stream offset "
                     f"{self.bytes_consumed + pos} exceeds the {self._max}-byte cap; "
                     "the stream is corrupt or not a Felix dataplane stream"
                 )
+                del buf[pos + HEADER_LEN:]  # nothing after a corrupt length is kept
+                break
             end = pos + HEADER_LEN + length
             if end > end_of_data:
                 break
@@ -68,6 +78,8 @@ class FrameDecoder:
 
     def finish(self) -> None:
         """Declares end of stream; a partial trailing frame is an error."""
+        if self.error is not None:
+            raise self.error
         if self._buf:
             raise FramingError(
                 f"stream ended inside a frame: {len(self._buf)} bytes of an incomplete "
@@ -85,4 +97,6 @@ def iter_frames(chunks: Iterable[bytes], max_frame_bytes: int = MAX_FRAME_BYTES)
     decoder = FrameDecoder(max_frame_bytes)
     for chunk in chunks:
         yield from decoder.feed(chunk)
+        if decoder.error is not None:
+            raise decoder.error
     decoder.finish()

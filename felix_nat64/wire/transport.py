@@ -117,6 +117,8 @@ def pump(chunks: Iterator[bytes], emit: Callable[[Any], None], counters: StreamC
                 else:
                     by_payload[payload_name(number)] += 1
                 emit(decoded)
+            if decoder.error is not None:
+                raise decoder.error
         decoder.finish()
     except FramingError as exc:
         return str(exc)

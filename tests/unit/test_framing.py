@@ -36,16 +36,33 @@ def test_partial_header_waits_for_more() -> None:
 
 def test_oversize_length_is_refused_before_allocating() -> None:
     decoder = FrameDecoder()
-    with pytest.raises(FramingError, match="exceeds the 67108864-byte cap"):
-        decoder.feed(struct.pack("<Q", MAX_FRAME_BYTES + 1))
+    assert decoder.feed(struct.pack("<Q", MAX_FRAME_BYTES + 1) + b"x" * 100) == []
+    assert decoder.error is not None and "exceeds the 67108864-byte cap" in str(decoder.error)
     assert decoder.pending_bytes == 8  # nothing beyond the header was buffered
+    with pytest.raises(FramingError, match="exceeds"):
+        decoder.feed(b"more")
+    with pytest.raises(FramingError, match="exceeds"):
+        decoder.finish()
+
+
+def test_frames_before_a_corrupt_length_are_kept_whatever_the_reads() -> None:
+    data = frames_of(b"one", b"two") + b"\xff" * 8
+    whole = FrameDecoder()
+    assert whole.feed(data) == [b"one", b"two"] and whole.error is not None
+    split = FrameDecoder()
+    got: list[bytes] = []
+    for i in range(len(data)):
+        got += split.feed(data[i:i + 1])
+        if split.error:
+            break
+    assert got == [b"one", b"two"]
 
 
 def test_cap_is_configurable_and_inclusive() -> None:
     decoder = FrameDecoder(max_frame_bytes=4)
     assert decoder.feed(encode_frame(b"1234")) == [b"1234"]
-    with pytest.raises(FramingError):
-        decoder.feed(encode_frame(b"12345"))
+    assert decoder.feed(encode_frame(b"12345")) == []
+    assert decoder.error is not None
 
 
 def test_truncated_frame_at_end_of_stream() -> None:
@@ -57,7 +74,7 @@ def test_truncated_frame_at_end_of_stream() -> None:
 def test_garbage_bytes_are_a_framing_error() -> None:
     garbage = b"\xff" * 16  # reads as a length of 2**64 - 1
     with pytest.raises(FramingError, match="exceeds"):
-        FrameDecoder().feed(garbage)
+        list(iter_frames([garbage]))
 
 
 def test_iter_frames_across_chunks() -> None:
