@@ -22,16 +22,20 @@ def _render_value(value: Any) -> str:
     return text
 
 
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {
+        "time": _timestamp(record.created),
+        "level": record.levelname.lower(),
+        "component": record.name.removeprefix(ROOT + ".") or "main",
+        "event": record.getMessage(),
+    }
+
+
 class KeyValueFormatter(logging.Formatter):
     """`time=... level=info component=loop event="..." key=value ...`"""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = {
-            "time": _timestamp(record.created),
-            "level": record.levelname.lower(),
-            "component": record.name.removeprefix(ROOT + ".") or "main",
-            "event": record.getMessage(),
-        }
+        fields = _fields(record)
         fields.update(getattr(record, "kv", {}))
         if record.exc_info:
             fields["exception"] = self.formatException(record.exc_info)
@@ -42,12 +46,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = {
-            "time": _timestamp(record.created),
-            "level": record.levelname.lower(),
-            "component": record.name.removeprefix(ROOT + ".") or "main",
-            "event": record.getMessage(),
-        }
+        fields = _fields(record)
         for key, value in getattr(record, "kv", {}).items():
             fields[key] = value if isinstance(value, (int, float, bool, type(None))) else str(value)
         if record.exc_info:
