@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all deps venv lint proto-check unit host vm test demo bench bench-frontend render-example clean
+.PHONY: all deps venv proto lint unit host vm demo-check test demo bench bench-frontend render-example clean
 
 all: test
 
@@ -28,22 +28,31 @@ proto:
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=felix_nat64/wire --pyi_out=felix_nat64/wire proto/felixbackend.proto
 
 lint: venv
-	$(BIN)/ruff check felix_nat64 tests benchmarks
+	$(BIN)/ruff check felix_nat64 tests benchmarks scripts
 	$(BIN)/mypy felix_nat64
 
+# Pure tests and the fuzz/bad-settings suites: no root needed.
 unit: venv
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q tests/unit tests/reliability --ignore=tests/reliability/vm
 
+# Host-kernel tests in throwaway network namespaces (root).
 host: venv
 	$(BIN)/pytest -q tests/host
 
+# Tests that need the real Jool module run inside the VM.
 vm: venv
-	$(PY) -m felix_nat64.testing.vm pytest -q tests/vm
+	$(PY) -m felix_nat64.testing.vm $(BIN)/pytest -q tests/vm tests/reliability/vm
+
+# The README's demo, end to end, in the VM.
+demo-check: venv
+	$(PY) -m felix_nat64.testing.vm $(BIN)/felix-nat64 demo --here
 
 test: venv
 	$(MAKE) lint
-	$(BIN)/pytest -q tests/unit tests/host
-	$(PY) -m felix_nat64.testing.vm pytest -q tests/vm
+	$(MAKE) unit
+	$(MAKE) host
+	$(MAKE) vm
+	$(MAKE) demo-check
 
 demo: venv
 	$(BIN)/felix-nat64 demo
@@ -54,9 +63,12 @@ render-example: venv
 bench-frontend: venv
 	$(PY) -m benchmarks.frontend
 
+# BENCH_ARGS: extra arguments of benchmarks.datapath, e.g. --levers or --rounds 3.
 bench: venv
 	$(PY) -m benchmarks.frontend
-	$(PY) -m felix_nat64.testing.vm $(PY) -m benchmarks.datapath
+	$(PY) -m benchmarks.prepare
+	$(PY) -m felix_nat64.testing.vm $(PY) -m benchmarks.datapath $(BENCH_ARGS)
+	$(PY) -m benchmarks.report
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -70,6 +70,8 @@ def python_trees() -> dict[str, str]:
     trees = {stdlib: stdlib, "/usr/lib/python3/dist-packages": "/usr/lib/python3/dist-packages"}
     site = sysconfig.get_paths()["purelib"]
     trees[site] = site
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # felix_nat64 itself
+    trees[package] = package
     return {guest: host for guest, host in trees.items() if os.path.isdir(host)}
 
 
@@ -82,8 +84,16 @@ def python_image(cache_dir: str) -> str:
     """
     trees = python_trees()
     digest = hashlib.sha256(sys.version.encode())
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for guest, host in sorted(trees.items()):
         digest.update(guest.encode())
+        if host == package:  # our own code changes file by file: look at every file
+            for root, dirs, files in os.walk(host):
+                dirs.sort()
+                for name in sorted(files):
+                    st = os.lstat(os.path.join(root, name))
+                    digest.update(f"{root}/{name}:{st.st_mtime_ns}:{st.st_size}".encode())
+            continue
         for entry in sorted(os.scandir(host), key=lambda e: e.name):
             st = entry.stat(follow_symlinks=False)
             digest.update(f"{entry.name}:{st.st_mtime_ns}:{st.st_size}".encode())

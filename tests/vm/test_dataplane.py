@@ -25,7 +25,6 @@ from tests.vm.dataplane_fixtures import (
     kernel_leftovers,
     nat64,
     node_stream,
-    simulated_node,
     start_driver,
 )
 
@@ -33,12 +32,6 @@ DOC = "198.51.100.10"
 FAR = "198.51.100.20"
 PRIVATE = "10.0.0.10"
 GLOBAL = "192.0.0.10"
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[Node]:
-    with simulated_node() as n:
-        yield n
 
 
 @pytest.fixture(scope="module")
