@@ -94,13 +94,22 @@ def _prefixes(text: str) -> tuple[ipaddress.IPv6Network, ...]:
                 "(the IPv4 address sits in its low 32 bits)"
             )
         nets.append(net)
-    for i, a in enumerate(nets):
-        for b in nets[i + 1 :]:
-            if a == b:
-                raise ValueError(f"{a} is listed twice")
-            if a.overlaps(b):
-                raise ValueError(f"{a} and {b} overlap: list each destination range once")
-    return tuple(sorted(nets))
+    nets.sort()
+    _check_disjoint(nets, "destination")
+    return tuple(nets)
+
+
+def _check_disjoint(nets: list[ipaddress.IPv6Network], what: str) -> None:
+    """Raises on duplicates or overlaps; `nets` sorted. CIDRs nest or are
+    disjoint, so comparing each with the widest one still open suffices."""
+    widest: ipaddress.IPv6Network | None = None
+    for net in nets:
+        if widest is not None and net.overlaps(widest):
+            if net == widest:
+                raise ValueError(f"{net} is listed twice")
+            raise ValueError(f"{widest} and {net} overlap: list each {what} range once")
+        if widest is None or int(net.broadcast_address) > int(widest.broadcast_address):
+            widest = net
 
 
 def _source_cidrs(text: str) -> tuple[ipaddress.IPv6Network, ...]:
@@ -108,12 +117,7 @@ def _source_cidrs(text: str) -> tuple[ipaddress.IPv6Network, ...]:
     if not items:
         raise ValueError("empty list: leave the setting unset to use every IPv6 IP pool")
     nets = sorted(v.parse_ipv6_network(item) for item in items)
-    for i, a in enumerate(nets):
-        for b in nets[i + 1:]:
-            if a == b:
-                raise ValueError(f"{a} is listed twice")
-            if a.overlaps(b):
-                raise ValueError(f"{a} and {b} overlap: list each source range once")
+    _check_disjoint(nets, "source")
     return tuple(nets)
 
 
@@ -279,6 +283,7 @@ SPECS: tuple[SettingSpec, ...] = (
 
 SPECS_BY_LOWER: Mapping[str, SettingSpec] = {spec.key.lower(): spec for spec in SPECS}
 OUR_PREFIX = "nat64"
+MAX_SUGGESTIONS = 20
 
 
 @dataclass(frozen=True)
@@ -398,7 +403,9 @@ def resolve_settings(update: ConfigUpdate, default_hostname: str | None = None) 
         spec = SPECS_BY_LOWER.get(lower)
         if spec is None:
             if lower.startswith(OUR_PREFIX):
-                close = difflib.get_close_matches(lower, [s.key.lower() for s in SPECS], n=1)
+                # Suggestions cost a fuzzy match each: enough for typos, not for floods.
+                close = difflib.get_close_matches(lower, list(SPECS_BY_LOWER), n=1) \
+                    if len(errors) < MAX_SUGGESTIONS else []
                 hint = f"; did you mean {SPECS_BY_LOWER[close[0]].key}?" if close else ""
                 errors.append(SettingError(origin.raw_key, origin.value,
                                            f"unknown felix-nat64 setting{hint}", origin.source))
