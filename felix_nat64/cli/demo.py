@@ -173,6 +173,8 @@ class Demo:
         ok = ok and p.ok
         refused = ping(pod, WKP_PRIVATE, count=1, reply_timeout=3)
         verdict = "; ".join(refused.errors) or "no answer"
+        if any("unreachable (code 1)" in e for e in refused.errors):
+            verdict = "the node answered ICMPv6 'administratively prohibited'"
         self.say(f"pod -> ping {WKP_PRIVATE} (64:ff9b::10.0.0.10, private IPv4 behind the well-known "
                  f"prefix): refused as RFC 6052 requires — {verdict}")
         return ok and not refused.ok

@@ -140,7 +140,7 @@ def _human(driver: dict[str, Any] | None, down: str, kernel: dict[str, Any] | No
         cap = sum(t["pool4_ports"].values())
         used = sum(t["bib"].values())
         trows.append((t["namespace"], t["parent"], "up" if t["instance"] else "MISSING", sess, bib,
-                      f"{used / cap:.2%}" if cap else "-"))
+                      f"{used} of {cap} ({used / cap:.2%})" if cap else "-"))
     if trows:
         out.append(table(["translator namespace", "pool6", "jool", "sessions tcp/udp/icmp",
                           "BIB tcp/udp/icmp", "pool4 used"], trows))

@@ -199,3 +199,25 @@ class TestPrefixes:
             assert Nft().counters()["steered"][0] == before
         finally:
             d.stop()
+
+
+@pytest.mark.usefixtures("exclusive")
+class TestSnat:
+    def test_snat_address_and_port_range(self, node: Node) -> None:
+        # The SNAT address must be the node's: add it to the uplink.
+        subprocess.run(["ip", "addr", "add", "192.0.2.10/32", "dev", "eth-up"], check=True)
+        d = start_driver(node_stream(extra={"NAT64SNATAddress": "192.0.2.10",
+                                            "NAT64PortRange": "40000-40099"}), node.status_file)
+        try:
+            d.wait_ready()
+            for _ in range(3):
+                r = tcp_request(pod(node), nat64(NSP, DOC), timeout=20)
+                assert r.ok, r.error
+                assert str(r.seen_source) == "192.0.2.10"
+                assert r.seen_port is not None and 40000 <= r.seen_port <= 40099
+            u = udp_exchange(pod(node), nat64(NSP, DOC), reply_timeout=5)
+            assert u.ok and str(u.seen_source) == "192.0.2.10"
+            assert u.seen_port is not None and 40000 <= u.seen_port <= 40099
+        finally:
+            d.stop()
+            subprocess.run(["ip", "addr", "del", "192.0.2.10/32", "dev", "eth-up"], check=False)

@@ -28,6 +28,19 @@ def per_address(entries: Iterable[Pool4Entry]) -> set[Pool4Entry]:
     return out
 
 
+def _additions(wanted: Iterable[Pool4Entry], have: set[Pool4Entry]) -> list[Pool4Entry]:
+    """What to add: a whole prefix in one request when none of it is there
+    (Jool splits it per address itself), else the missing addresses."""
+    out: list[Pool4Entry] = []
+    for entry in wanted:
+        missing = sorted(per_address([entry]) - have, key=str)
+        if len(missing) == entry.prefix.num_addresses:
+            out.append(entry)
+        else:
+            out.extend(missing)
+    return out
+
+
 class JoolInstances:
     """The JoolDriver of the kernel dataplane."""
 
@@ -57,13 +70,12 @@ class JoolInstances:
             jool.instance_add(name, config.pool6)
             changes += 1
         have = set(jool.pool4_list(name))
-        want = per_address(config.pool4)
-        for entry in sorted(want - have, key=str):
+        for entry in _additions(config.pool4, have):
             # FORCE: the namespace runs no sockets, so overlapping its
             # ephemeral port range is harmless.
             jool.pool4_add(name, entry, force=True)
             changes += 1
-        for entry in sorted(have - want, key=str):
+        for entry in sorted(have - per_address(config.pool4), key=str):
             jool.pool4_remove(name, entry)
             changes += 1
         current = jool.global_list(name)
