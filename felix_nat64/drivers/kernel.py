@@ -10,7 +10,6 @@ changes nothing, and a restarted driver adopts what its predecessor left.
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
@@ -19,6 +18,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from felix_nat64.dataplane.loop import ApplyOutcome, DataplaneError
 from felix_nat64.drivers.netns.errors import describe
 from felix_nat64.drivers.netns.links import FoundTranslator, TranslatorLinks, discover, forwarding_problems
+from felix_nat64.drivers.netns.worker import namespace_exists
 from felix_nat64.drivers.nft.ruleset import render
 from felix_nat64.drivers.nft.table import NftError, NftTable
 from felix_nat64.drivers.plan import DEFAULT_MTU, JoolConfig, jool_config, node_routes
@@ -100,7 +100,7 @@ class KernelDataplane:
 
     def _remove_translator(self, found: FoundTranslator) -> int:
         changes = 0
-        if found.namespace is not None and os.path.exists(f"/run/netns/{found.namespace}"):
+        if found.namespace is not None and namespace_exists(found.namespace):
             changes += self._jool.remove(found.namespace)
         return changes + self._links.remove(found)
 

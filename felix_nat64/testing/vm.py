@@ -185,11 +185,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args:
         print("usage: python -m felix_nat64.testing.vm COMMAND [ARG...]", file=sys.stderr)
         return 2
-    try:
-        cmd = vng_command(args, memory=os.environ.get("FELIX_NAT64_VM_MEMORY", DEFAULT_MEMORY))
-    except VmError as exc:
-        print(f"felix-nat64 vm: {exc}", file=sys.stderr)
-        return 1
     # vng execs virtme-run by name, so its own bin directory must be on PATH.
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(_vng() or "") + os.pathsep + env.get("PATH", "")
@@ -201,6 +196,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BlockingIOError:
             print("felix-nat64 vm: waiting for another test VM to finish...", file=sys.stderr, flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)
+        # The Python image is chosen under the lock: a run that waited must
+        # not boot with an image another run has since replaced.
+        try:
+            cmd = vng_command(args, memory=os.environ.get("FELIX_NAT64_VM_MEMORY", DEFAULT_MEMORY))
+        except VmError as exc:
+            print(f"felix-nat64 vm: {exc}", file=sys.stderr)
+            return 1
         return subprocess.run(cmd, env=env, check=False).returncode
 
 

@@ -266,3 +266,25 @@ class TestTranslatorLinks:
         assert not namespace_exists(t.namespace)
         assert node.call(discover) == []
         assert node.call(lambda: TranslatorLinks().remove(f)) == 0
+
+    def test_a_namespace_file_left_by_an_interrupted_creation_is_replaced(self, node: NamespaceThread) -> None:
+        # A creator killed between creating /run/netns/NAME and bind-mounting
+        # a namespace on it leaves an empty file that is no namespace.
+        d = desired_state("64:ff9b::/96")
+        (t,) = d.translators
+        path = f"/run/netns/{t.namespace}"
+        with open(path, "x"):
+            pass
+        assert not namespace_exists(t.namespace)
+        (f,) = [f for f in node.call(discover) if f.tid == t.namespace.removeprefix(NAMESPACE_PREFIX)]
+        assert f.namespace == t.namespace
+        assert node.call(lambda: TranslatorLinks().ensure(t, 1450)) > 0
+        assert namespace_exists(t.namespace)
+        assert node.call(lambda: TranslatorLinks().ensure(t, 1450)) == 0
+        (f,) = node.call(discover)
+        node.call(lambda: TranslatorLinks().remove(f))
+        with open(path, "x"):
+            pass
+        (f,) = node.call(discover)
+        assert node.call(lambda: TranslatorLinks().remove(f)) == 1
+        assert not os.path.lexists(path)

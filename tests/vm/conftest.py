@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from felix_nat64.testing.vm import in_vm
-from tests.vm.dataplane_fixtures import Node, simulated_node
 
 HERE = Path(__file__).resolve().parent
 NOT_IN_VM_EXIT = 3
@@ -59,10 +58,3 @@ def make_netns() -> Iterator[Callable[[], str]]:
 @pytest.fixture
 def netns(make_netns: Callable[[], str]) -> str:
     return make_netns()
-
-
-@pytest.fixture(scope="session")
-def node() -> Iterator[Node]:
-    """The simulated Calico node (this VM) with its servers, shared by the session."""
-    with simulated_node() as built:
-        yield built

@@ -23,6 +23,7 @@ from felix_nat64.drivers.netns.worker import (
     NamespaceThread,
     create_namespace,
     list_namespaces,
+    namespace_entry_exists,
     namespace_exists,
     read_sysctl,
     remove_namespace,
@@ -108,6 +109,9 @@ class TranslatorLinks:
         log = self._log.bind(translator=t.namespace)
         changes = 0
         if not namespace_exists(t.namespace):
+            if namespace_entry_exists(t.namespace):
+                remove_namespace(t.namespace)  # the file of an interrupted creation
+                log.info("unmounted namespace file removed")
             create_namespace(t.namespace)
             log.info("namespace created")
             changes += 1
@@ -238,7 +242,7 @@ class TranslatorLinks:
                 if index is not None:
                     node.link("del", index=index)  # its peer goes with it
                     changes += 1
-        if found.namespace is not None and namespace_exists(found.namespace):
+        if found.namespace is not None and namespace_entry_exists(found.namespace):
             remove_namespace(found.namespace)
             changes += 1
         if changes:

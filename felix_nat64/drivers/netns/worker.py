@@ -129,7 +129,17 @@ class NamespaceThread:
 
 
 def namespace_exists(name: str) -> bool:
-    return os.path.exists(os.path.join(NETNS_DIR, name))
+    """True when /run/netns/NAME is a mounted namespace: a creator killed
+    between creating the file and bind-mounting leaves a plain file."""
+    try:
+        return os.stat(os.path.join(NETNS_DIR, name)).st_dev != os.stat(NETNS_DIR).st_dev
+    except FileNotFoundError:
+        return False
+
+
+def namespace_entry_exists(name: str) -> bool:
+    """True when /run/netns/NAME exists at all, namespace or leftover file."""
+    return os.path.lexists(os.path.join(NETNS_DIR, name))
 
 
 def list_namespaces(prefix: str) -> list[str]:

@@ -14,7 +14,8 @@ forward (filter)
     leave a translator.
 input (filter)
     a translator may not talk IPv4 to the node itself (its own addresses are
-    never NAT64 destinations), and over IPv6 only ICMPv6.
+    never NAT64 destinations), and over IPv6 only ICMPv6; nothing but a
+    translator may reach the node's pool4 addresses (the link ends).
 postrouting (nat, srcnat priority)
     the translated IPv4 leg is SNATed or masqueraded to the node's address.
 """
@@ -39,7 +40,7 @@ PRIO_SRCNAT = 100
 COUNTERS = {
     "steered": "pod packets steered into a translator",
     "refused": "pod packets to a refused IPv4 destination, rejected",
-    "inbound_blocked": "IPv4 packets towards a translator that were not return traffic",
+    "inbound_blocked": "packets towards a translator or its pool4 addresses that were not return traffic",
     "bad_source_blocked": "IPv4 packets leaving a translator from outside its pool4",
     "to_node_blocked": "packets from a translator to the node itself",
     "snat": "translated IPv4 packets source-NATed to the node",
@@ -182,6 +183,15 @@ def render(desired: DesiredState) -> Ruleset:
         _match(_meta("iifname"), trans_if),
         _match(_meta("nfproto"), "ipv4"),
         _counter("to_node_blocked"),
+        {"drop": None},
+    ])
+    # The node ends of the translator links hold pool4 addresses: they exist
+    # for the translators alone, so nothing else may reach them.
+    rs.rule("input", "outside-to-pool4-block", [
+        _match(_meta("iifname"), trans_if, "!="),
+        _match(_meta("nfproto"), "ipv4"),
+        _match(_payload("ip", "daddr"), "@pool4"),
+        _counter("inbound_blocked"),
         {"drop": None},
     ])
     rs.rule("input", "node-v6-block", [
