@@ -267,7 +267,8 @@ class TestTranslatorLinks:
         assert node.call(discover) == []
         assert node.call(lambda: TranslatorLinks().remove(f)) == 0
 
-    def test_a_namespace_file_left_by_an_interrupted_creation_is_replaced(self, node: NamespaceThread) -> None:
+    def test_a_namespace_file_left_by_an_interrupted_creation_is_replaced(
+            self, node: NamespaceThread) -> None:
         # A creator killed between creating /run/netns/NAME and bind-mounting
         # a namespace on it leaves an empty file that is no namespace.
         d = desired_state("64:ff9b::/96")

@@ -12,6 +12,8 @@ import json
 import os
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,7 @@ from felix_nat64.testing import topology as topo_mod
 from felix_nat64.testing.felix import FelixSimulator
 from felix_nat64.testing.streams import StreamBuilder
 from felix_nat64.testing.traffic import ServerProcess, start_server
+from felix_nat64.wire.framing import encode_frame, iter_frames
 from felix_nat64.wire.transport import pump
 
 NSP = "2001:db8:64::/96"
@@ -131,3 +134,31 @@ def desired_from(stream: bytes,
     inputs = view.inputs(blocks)
     assert inputs is not None
     return build_desired(inputs)
+
+
+def stream_frames(data: bytes) -> list[bytes]:
+    """The whole frames (header included) of a recorded stream."""
+    return [encode_frame(body) for body in iter_frames([data])]
+
+
+METRICS = "http://127.0.0.1:9096"  # where node_stream() drivers serve health and metrics
+
+
+def scrape(path: str = "/metrics") -> tuple[int, str]:
+    """HTTP status and body of one of the driver's health/metrics endpoints."""
+    try:
+        with urllib.request.urlopen(METRICS + path, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not (line.startswith(name + "{") or line.startswith(name + " ")):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

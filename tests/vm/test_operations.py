@@ -11,16 +11,23 @@ import json
 import re
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
 from felix_nat64.testing.traffic import tcp_request, udp_exchange
-from tests.vm.dataplane_fixtures import NSP, Node, RunningDriver, nat64, node_stream, start_driver
+from tests.vm.dataplane_fixtures import (
+    NSP,
+    Node,
+    RunningDriver,
+    metric,
+    nat64,
+    node_stream,
+    scrape,
+    start_driver,
+)
 
 DOC = "198.51.100.10"
-METRICS = "http://127.0.0.1:9096"
 
 
 @pytest.fixture(scope="module")
@@ -32,22 +39,7 @@ def driver(node: Node) -> Iterator[RunningDriver]:
     d.stop()
 
 
-def scrape(path: str = "/metrics") -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(METRICS + path, timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def felix_nat64(*args: str) -> subprocess.CompletedProcess[str]:
