@@ -64,11 +64,13 @@ bench-frontend: venv
 	$(PY) -m benchmarks.frontend
 
 # BENCH_ARGS: extra arguments of benchmarks.datapath, e.g. --levers or --rounds 3.
+# The report (table, plot, figures in docs/performance.md) is written even when
+# a part of the run failed; make then fails with the run's status.
 bench: venv
 	$(PY) -m benchmarks.frontend
 	$(PY) -m benchmarks.prepare
-	$(PY) -m felix_nat64.testing.vm $(PY) -m benchmarks.datapath $(BENCH_ARGS)
-	$(PY) -m benchmarks.report
+	status=0; $(PY) -m felix_nat64.testing.vm $(PY) -m benchmarks.datapath $(BENCH_ARGS) || status=$$?; \
+	$(PY) -m benchmarks.report && exit $$status
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

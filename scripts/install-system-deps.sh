@@ -10,6 +10,8 @@ packages=(
   iptables ipset
   # docs/diagrams: SVGs drawn from Graphviz sources (tests/unit/test_diagrams.py).
   graphviz
+  # benchmarks/loadgen.c, the benchmarks' load generator.
+  gcc libc6-dev
   # The test VM: Debian's kernel with Jool built by DKMS, booted by virtme-ng.
   qemu-system-x86 linux-image-amd64 linux-headers-amd64 jool-dkms jool-tools busybox-static
 )
