@@ -236,7 +236,8 @@ SPECS: tuple[SettingSpec, ...] = (
                 "IPv6 sources allowed to use NAT64. Unset: every IPv6 IP pool (minus pools "
                 "inside a NAT64 prefix).", "fd00:10:244::/56"),
     SettingSpec("NAT64PortRange", "port_range", v.parse_port_range,
-                "Source ports for the IPv4 leg after SNAT/masquerade. Unset: the kernel's choice.",
+                "TCP and UDP source ports for the IPv4 leg after SNAT/masquerade. "
+                "Unset: the kernel's choice.",
                 "32768-65535"),
     SettingSpec("NAT64Pool4PortRange", "pool4_ports", v.parse_port_range,
                 "TCP/UDP ports each translator address hands out (Jool's pool4); with the 8 "

@@ -30,6 +30,7 @@ from felix_nat64.drivers.routing import NodeRouting, RuleSpec
 from felix_nat64.model.desired import build_desired
 from felix_nat64.model.settings import Settings
 from felix_nat64.model.state import NAMESPACE_PREFIX, DesiredState, Host, Inputs, Pool
+from felix_nat64.model.values import PortRange
 
 N6 = ipaddress.IPv6Network
 
@@ -153,6 +154,20 @@ class TestNftTable:
         counters = node.call(lambda: Nft().counters())
         assert set(counters) >= {"steered", "refused", "snat", "inbound_blocked"}
         assert all(v == (0, 0) for v in counters.values())
+
+    @pytest.mark.parametrize("address", [None, "192.0.2.10"])
+    @pytest.mark.parametrize("ports", [None, (40000, 40099)])
+    def test_every_snat_form_applies_and_reads_back_unchanged(
+            self, node: NamespaceThread, address: str | None, ports: tuple[int, int] | None) -> None:
+        d = desired_state("64:ff9b::/96", snat_address=address and ipaddress.IPv4Address(address),
+                          port_range=ports and PortRange(*ports))
+        assert node.call(lambda: NftTable().apply(render(d))) == 1
+        # Read back equal to what was rendered: a resync changes nothing.
+        assert node.call(lambda: NftTable().apply(render(d))) == 0
+        text = nft_list(node, "table inet felix-nat64")
+        if ports:
+            assert "meta l4proto { tcp, udp }" in text and ":40000-40099" in text, text
+        assert text.count("counter name \"snat\"") == (2 if ports else 1), text
 
     def test_rendered_json_round_trips_through_nft(self, node: NamespaceThread) -> None:
         d = desired_state("64:ff9b::/96", snat_address=ipaddress.IPv4Address("192.0.2.10"))

@@ -202,19 +202,27 @@ def render(desired: DesiredState) -> Ruleset:
         {"drop": None},
     ])
 
-    nat: JsonObj
-    port = ({"port": {"range": [desired.snat.port_range.first, desired.snat.port_range.last]}}
-            if desired.snat.port_range else {})
-    if desired.snat.address is not None:
-        nat = {"snat": {"family": "ip", "addr": str(desired.snat.address), **port,
-                        "flags": ["fully-random"]}}
-    else:
-        nat = {"masquerade": {**port, "flags": ["fully-random"]}}
-    rs.rule("postrouting", "snat", [
+    nat_match = [
         _match(_meta("nfproto"), "ipv4"),
         _match(_payload("ip", "saddr"), "@pool4"),
         _match(_meta("oifname"), trans_if, "!="),
-        _counter("snat"),
-        nat,
-    ])
+    ]
+    if desired.snat.port_range:
+        # nftables maps ports only after a transport protocol match, so TCP
+        # and UDP get the range and everything else (ICMP) its own rule.
+        ports = {"port": {"range": [desired.snat.port_range.first, desired.snat.port_range.last]}}
+        rs.rule("postrouting", "snat-ports", [
+            *nat_match,
+            _match(_meta("l4proto"), {"set": ["tcp", "udp"]}),
+            _counter("snat"),
+            _nat(desired, ports),
+        ])
+    rs.rule("postrouting", "snat", [*nat_match, _counter("snat"), _nat(desired, {})])
     return rs
+
+
+def _nat(desired: DesiredState, ports: JsonObj) -> JsonObj:
+    if desired.snat.address is not None:
+        return {"snat": {"family": "ip", "addr": str(desired.snat.address), **ports,
+                         "flags": ["fully-random"]}}
+    return {"masquerade": {**ports, "flags": ["fully-random"]}}
