@@ -6,6 +6,7 @@ reach IPv4-only servers behind the node's uplink through the translator.
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from tests.vm.dataplane_fixtures import (
     nat64,
     node_stream,
     start_driver,
+    stream_frames,
 )
 
 DOC = "198.51.100.10"
@@ -221,3 +223,37 @@ class TestSnat:
         finally:
             d.stop()
             subprocess.run(["ip", "addr", "del", "192.0.2.10/32", "dev", "eth-up"], check=False)
+
+
+@pytest.mark.usefixtures("exclusive")
+class TestPool4:
+    def test_a_live_pool4_port_range_change_keeps_translating(self, node: Node) -> None:
+        (t,) = [t for t in desired_from(node_stream(), {}).translators if str(t.parent) == NSP]
+
+        def jool_pool4() -> set[tuple[str, str]]:
+            rows: set[tuple[str, str]] = set()
+            for proto in ("--tcp", "--udp"):
+                argv = ["ip", "netns", "exec", t.namespace, "jool", "-i", "felix-nat64", "pool4", "display",
+                        proto, "--csv", "--no-headers"]
+                out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+                # Mark, protocol, address, first port, last port.
+                rows |= {(r[2], f"{r[3]}-{r[4]}") for r in csv.reader(out.splitlines()) if r}
+            return rows
+
+        d = start_driver(node_stream(), node.status_file)
+        try:
+            d.wait_ready()
+            assert tcp_request(pod(node), nat64(NSP, DOC), timeout=20).ok
+            changed_at = time.time()
+            d.felix.send(stream_frames(node_stream(extra={"NAT64Pool4PortRange": "65280-65535"}))[0])
+            d.wait_ready(since=changed_at)
+            # Every pool4 address keeps only the new ports (Jool lists them per address).
+            assert {ports for _, ports in jool_pool4()} == {"65280-65535"}, jool_pool4()
+            assert len(jool_pool4()) == t.pool4.num_addresses
+            for _ in range(3):
+                r = tcp_request(pod(node), nat64(NSP, DOC), timeout=20)
+                assert r.ok, r.error
+                assert udp_exchange(pod(node), nat64(NSP, DOC), reply_timeout=5).ok
+            assert d.status()["last_apply"]["changes"] > 0
+        finally:
+            d.stop()

@@ -1,44 +1,20 @@
 """Converges the Jool instance in each translator namespace.
 
 pool6 cannot change on a live NAT64 instance, so a different parent means a
-new instance; pool4 and globals are diffed against what Jool reports and
-only the differences are sent, so a restarted driver leaves a correct
-instance (and its sessions) alone.
+new instance; pool4 (port by port, see pool4diff) and globals are diffed
+against what Jool reports and only the differences are sent, so a
+restarted driver leaves a correct instance (and its sessions) alone.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable
-
 from felix_nat64.dataplane.loop import DataplaneError
 from felix_nat64.drivers.jool.client import JoolClient
 from felix_nat64.drivers.jool.errors import JoolError, JoolNotFound
-from felix_nat64.drivers.plan import JoolConfig, Pool4Entry
+from felix_nat64.drivers.jool.pool4diff import pool4_changes
+from felix_nat64.drivers.plan import JoolConfig
 from felix_nat64.model.state import JOOL_INSTANCE
 from felix_nat64.observe.logs import EventLogger
-
-
-def per_address(entries: Iterable[Pool4Entry]) -> set[Pool4Entry]:
-    """pool4 entries as Jool stores them: one per IPv4 address."""
-    out: set[Pool4Entry] = set()
-    for e in entries:
-        for addr in e.prefix:
-            out.add(Pool4Entry(e.proto, ipaddress.IPv4Network(addr), e.port_min, e.port_max, e.mark))
-    return out
-
-
-def _additions(wanted: Iterable[Pool4Entry], have: set[Pool4Entry]) -> list[Pool4Entry]:
-    """What to add: a whole prefix in one request when none of it is there
-    (Jool splits it per address itself), else the missing addresses."""
-    out: list[Pool4Entry] = []
-    for entry in wanted:
-        missing = sorted(per_address([entry]) - have, key=str)
-        if len(missing) == entry.prefix.num_addresses:
-            out.append(entry)
-        else:
-            out.extend(missing)
-    return out
 
 
 class JoolInstances:
@@ -69,14 +45,14 @@ class JoolInstances:
         else:
             jool.instance_add(name, config.pool6)
             changes += 1
-        have = set(jool.pool4_list(name))
-        for entry in _additions(config.pool4, have):
+        pool4 = pool4_changes(config.pool4, jool.pool4_list(name))
+        for entry in pool4.removals:
+            jool.pool4_remove(name, entry)
+            changes += 1
+        for entry in pool4.additions:
             # FORCE: the namespace runs no sockets, so overlapping its
             # ephemeral port range is harmless.
             jool.pool4_add(name, entry, force=True)
-            changes += 1
-        for entry in sorted(have - per_address(config.pool4), key=str):
-            jool.pool4_remove(name, entry)
             changes += 1
         current = jool.global_list(name)
         diff = {k: v for k, v in config.globals.items() if current.get(k) != v}
