@@ -9,6 +9,7 @@ timeout (at least 2 minutes), so those ports stay taken that long.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -178,7 +179,7 @@ class TestLoad:
             thread.join()
         assert outcome["result"].ok, outcome["result"].errors
         assert listed, "the ping's session is not listed by felix-nat64 sessions"
-        assert all(0 < r["expires_ms"] <= ICMP_TIMEOUT * 1000 for r in listed), listed
+        assert all(0 < r["expires_ms"] <= ICMP_TIMEOUT * 1000 for r in listed), json.dumps(listed)
         wait_for(lambda: jool_sessions_of(namespace, "icmp", me) == 0,
                  timeout=ICMP_TIMEOUT + JOOL_GC_PERIOD + 10, interval=0.1, what="ICMP session expiry")
         gone_after = time.monotonic() - outcome["last_reply"]

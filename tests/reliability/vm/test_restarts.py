@@ -46,7 +46,8 @@ class Traffic:
                 for _ in range(PER_PATH):
                     self.held.append((path, HeldConnection(pod(node, i), nat64(prefix, server),
                                                            interval=0.2, reply_timeout=5.0)))
-                self.udp.append((path, UdpStream(pod(node, i), nat64(prefix, server), source_port=port)))
+                self.udp.append((path, UdpStream(pod(node, i), nat64(prefix, server), source_port=port,
+                                                reply_timeout=5.0)))
                 port += 1
         self.started = 0.0
 
