@@ -676,11 +676,13 @@ def ping(
     interval: float = 0.05,
     reply_timeout: float = 2.0,
     dont_fragment: bool = False,
+    until: threading.Event | None = None,
 ) -> PingResult:
     """ICMP (IPv4) or ICMPv6 echo from ``netns`` to ``dst``; each request waits up to
     ``reply_timeout`` for its reply. ICMP errors about our requests (unreachable,
     fragmentation needed / packet too big, ...) are collected in ``errors``.
-    ``dont_fragment`` sets DF (IPv4) or forbids local fragmentation (IPv6)."""
+    ``dont_fragment`` sets DF (IPv4) or forbids local fragmentation (IPv6).
+    ``until``, once set, ends the run early (at most ``count`` requests)."""
     target = _addr(dst)
     v6 = target.version == 6
     ident = secrets.randbelow(0xFFFF) + 1
@@ -700,6 +702,9 @@ def ping(
             else:
                 sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
         for seq in range(1, count + 1):
+            if until is not None and until.is_set():
+                count = seq - 1
+                break
             if seq > 1:
                 time.sleep(interval)
             payload = (_FILLER * (payload_size // len(_FILLER) + 1))[:payload_size]

@@ -163,11 +163,14 @@ class TestLoad:
         me = str(node.topo.pod(0).address)
         namespace = translator_namespace(LOAD_STREAM, NSP)
         # One echo identifier, so one Jool session, refreshed every 0.2 s
-        # while `felix-nat64 sessions` (a Python start) lists it.
+        # until `felix-nat64 sessions` (a Python start, slow in the VM) has
+        # listed it.
         outcome: dict[str, Any] = {}
+        listed_it = threading.Event()
 
         def pinger() -> None:
-            outcome["result"] = ping(pod(node), nat64(NSP, DOC), count=25, interval=0.2, reply_timeout=5)
+            outcome["result"] = ping(pod(node), nat64(NSP, DOC), count=1500, interval=0.2, reply_timeout=5,
+                                     until=listed_it)
             outcome["last_reply"] = time.monotonic()
 
         thread = threading.Thread(target=pinger)
@@ -176,6 +179,7 @@ class TestLoad:
             wait_for(lambda: jool_sessions_of(namespace, "icmp", me) > 0, timeout=10, what="an ICMP session")
             listed = [r for r in sessions_json("--proto", "icmp", "--prefix", NSP)["rows"] if r["pod"] == me]
         finally:
+            listed_it.set()
             thread.join()
         assert outcome["result"].ok, outcome["result"].errors
         assert listed, "the ping's session is not listed by felix-nat64 sessions"
