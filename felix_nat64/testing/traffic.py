@@ -701,9 +701,10 @@ def ping(
                 sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_DONTFRAG, 1)
             else:
                 sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
+        asked = count  # fewer when `until` ends the run early
         for seq in range(1, count + 1):
             if until is not None and until.is_set():
-                count = seq - 1
+                asked = seq - 1
                 break
             if seq > 1:
                 time.sleep(interval)
@@ -743,7 +744,7 @@ def ping(
                     errors.append(f"request {seq}: {text}")
                     mtu = reported or mtu
                     break
-    return PingResult(received == count, sent, received, tuple(rtts), tuple(errors), mtu)
+    return PingResult(received == asked, sent, received, tuple(rtts), tuple(errors), mtu)
 
 
 # --- a long-lived connection -------------------------------------------------------

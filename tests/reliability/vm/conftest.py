@@ -153,6 +153,15 @@ def driver_pool(node: Node, *, cli_cleanup: bool = False) -> Iterator[DriverPool
         assert kernel_leftovers() == []
 
 
+@contextlib.contextmanager
+def ready_driver(node: Node, stream: bytes) -> Iterator[RunningDriver]:
+    """One driver, ready, on a kernel that starts and ends without our objects."""
+    with driver_pool(node) as pool:
+        driver = pool.start(stream)
+        driver.wait_ready()
+        yield driver
+
+
 @pytest.fixture
 def drivers(node: Node) -> Iterator[DriverPool]:
     with driver_pool(node) as pool:

@@ -32,13 +32,13 @@ from tests.reliability.vm.conftest import (
     SOAK,
     DriverPool,
     clean_kernel,
-    driver_pool,
     jool_cli,
     kernel_state,
     log_events,
     log_time,
     pod,
     quick_state,
+    ready_driver,
     record,
     run,
     state_difference,
@@ -414,9 +414,7 @@ def not_ready_because(driver: RunningDriver, text: str) -> bool:
 @pytest.fixture(scope="class")
 def running(node: Node, reference: Reference) -> Iterator[RunningDriver]:
     """One driver for a whole class: each test breaks something under it."""
-    with driver_pool(node) as pool:
-        driver = pool.start(STREAM)
-        driver.wait_ready()
+    with ready_driver(node, STREAM) as driver:
         yield driver
 
 

@@ -32,11 +32,11 @@ from felix_nat64.testing.traffic import (
 from tests.reliability.vm.conftest import (
     JOOL_INSTANCE,
     SOAK,
-    driver_pool,
     jool_cli,
     jool_rows,
     jool_stats,
     pod,
+    ready_driver,
     record,
     run,
     sessions_json,
@@ -118,9 +118,7 @@ LOAD_STREAM = node_stream(extra={"NAT64ICMPTimeout": f"{ICMP_TIMEOUT:.0f}s", "NA
 @pytest.fixture(scope="class")
 def steady(node: Node) -> Iterator[RunningDriver]:
     """A driver with a 2 s ICMP timeout and the minimum UDP timeout, for one class."""
-    with driver_pool(node) as pool:
-        driver = pool.start(LOAD_STREAM)
-        driver.wait_ready()
+    with ready_driver(node, LOAD_STREAM) as driver:
         yield driver
 
 
@@ -269,9 +267,7 @@ def stat_deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]
 @pytest.fixture(scope="class")
 def small(node: Node) -> Iterator[RunningDriver]:
     """A driver whose translators each have 32 TCP and 32 UDP transport addresses."""
-    with driver_pool(node) as pool:
-        driver = pool.start(SMALL_STREAM)
-        driver.wait_ready()
+    with ready_driver(node, SMALL_STREAM) as driver:
         yield driver
 
 
