@@ -16,10 +16,10 @@ deps:
 	./scripts/install-system-deps.sh
 
 # python3-nftables is only packaged by Debian: the venv sees system site-packages.
-$(STAMP): setup.cfg pyproject.toml | deps
+$(STAMP): setup.cfg pyproject.toml testbed/pyproject.toml | deps
 	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' -e ./testbed
 	touch $@
 
 venv: deps $(STAMP)
@@ -28,8 +28,9 @@ proto:
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=felix_nat64/wire --pyi_out=felix_nat64/wire proto/felixbackend.proto
 
 lint: venv
-	$(BIN)/ruff check felix_nat64 tests benchmarks scripts
-	$(BIN)/mypy felix_nat64
+	$(BIN)/ruff check felix_nat64 testbed tests benchmarks scripts
+	$(BIN)/mypy felix_nat64 testbed
+	$(BIN)/lint-imports
 
 # Pure tests and the fuzz/bad-settings suites: no root needed.
 unit: venv
@@ -41,11 +42,11 @@ host: venv
 
 # Tests that need the real Jool module run inside the VM.
 vm: venv
-	$(PY) -m felix_nat64.testing.vm $(BIN)/pytest -q tests/vm tests/reliability/vm
+	$(PY) -m testbed.vm $(BIN)/pytest -q tests/vm tests/reliability/vm
 
 # The README's demo, end to end, in the VM.
 demo-check: venv
-	$(PY) -m felix_nat64.testing.vm $(BIN)/felix-nat64 demo --here
+	$(PY) -m testbed.vm $(BIN)/felix-nat64 demo --here
 
 test: venv
 	$(MAKE) lint
@@ -69,7 +70,7 @@ bench-frontend: venv
 bench: venv
 	$(PY) -m benchmarks.frontend
 	$(PY) -m benchmarks.prepare
-	status=0; $(PY) -m felix_nat64.testing.vm $(PY) -m benchmarks.datapath $(BENCH_ARGS) || status=$$?; \
+	status=0; $(PY) -m testbed.vm $(PY) -m benchmarks.datapath $(BENCH_ARGS) || status=$$?; \
 	$(PY) -m benchmarks.report && exit $$status
 
 clean:

@@ -7,7 +7,7 @@ pod veth and uplink. Every data path figure is measured on both paths in the
 same run, interleaved (A B, then B A, ...), so that the ratio between them
 survives the noise of an emulated machine shared with other work.
 
-    python -m felix_nat64.testing.vm .venv/bin/python -m benchmarks.datapath [--rounds N] [--levers]
+    python -m testbed.vm .venv/bin/python -m benchmarks.datapath [--rounds N] [--levers]
 
 `python -m benchmarks.prepare` must have built the load generator and the
 100k-message snapshot first (`make bench` does all of it). Results go to
@@ -35,15 +35,15 @@ from typing import Any
 
 from benchmarks import report
 from benchmarks.prepare import LOADGEN, SNAPSHOT
-from felix_nat64.testing import topology as topo_mod
-from felix_nat64.testing.netns_exec import (
+from felix_nat64.testing.streams import StreamBuilder
+from testbed import topology as topo_mod
+from testbed.netns_exec import (
     popen_in_netns,
     run_command_in_netns,
     socket_in_netns,
     write_sysctls,
 )
-from felix_nat64.testing.streams import StreamBuilder
-from felix_nat64.testing.vm import in_vm
+from testbed.vm import in_vm
 from tests.vm.dataplane_fixtures import NSP, WKP, RunningDriver, desired_from, nat64, start_driver
 
 SERVER_V4 = "198.51.100.10"
@@ -224,7 +224,7 @@ def cleanup_kernel() -> None:
     from felix_nat64.cli.driver import build_dataplane  # noqa: PLC0415
     from felix_nat64.model.state import DesiredState  # noqa: PLC0415
 
-    build_dataplane(None).apply(DesiredState(), resync=True)
+    build_dataplane(None).apply(DesiredState())
 
 
 def process_memory(pid: int) -> dict[str, float]:
@@ -457,7 +457,7 @@ def snapshot_rss(bed: Bed) -> dict[str, Any]:
 
 def timed_apply(dataplane: Any, desired: Any) -> tuple[float, int]:
     t0 = time.perf_counter()
-    outcome = dataplane.apply(desired, resync=True)
+    outcome = dataplane.apply(desired)
     return time.perf_counter() - t0, outcome.changes
 
 
@@ -714,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not in_vm():
         print("benchmarks.datapath needs the real Jool module: run it in the test VM:\n"
-              "    python -m felix_nat64.testing.vm .venv/bin/python -m benchmarks.datapath", file=sys.stderr)
+              "    python -m testbed.vm .venv/bin/python -m benchmarks.datapath", file=sys.stderr)
         return 2
     for needed in (LOADGEN, SNAPSHOT):
         if not os.path.exists(needed):

@@ -24,9 +24,8 @@ from typing import Any
 
 from felix_nat64.dataplane.managers import FelixView
 from felix_nat64.model.desired import build_desired
-from felix_nat64.observe.status import StreamCounters
 from felix_nat64.testing.streams import StreamBuilder
-from felix_nat64.wire.transport import fd_chunks, pump
+from felix_nat64.wire.transport import StreamCounters, fd_chunks, pump
 
 MESSAGES = 100_000
 

@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   python3 python3-venv python3-pip python3-nftables nftables iproute2 conntrack ethtool
   iperf3 socat curl procps kmod
-  # Felix-style rulesets in iptables mode (felix_nat64/testing/calico_rules.py).
+  # Felix-style rulesets in iptables mode (testbed/calico_rules.py).
   iptables ipset
   # docs/diagrams: SVGs drawn from Graphviz sources (tests/unit/test_diagrams.py).
   graphviz

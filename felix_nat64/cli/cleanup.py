@@ -8,10 +8,10 @@ import os
 import sys
 from typing import Any
 
+from felix_nat64 import logs
 from felix_nat64.cli import exitcodes
 from felix_nat64.cli.errors import CliError
 from felix_nat64.model.state import DesiredState
-from felix_nat64.observe import logs
 
 
 def add_parser(sub: Any) -> None:
@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
                        "the felix-nat64 container")
     # Kernel libraries load here, so read-only commands work without them.
     from felix_nat64.cli.driver import build_dataplane  # noqa: PLC0415
-    from felix_nat64.cli.inventory import inventory  # noqa: PLC0415
-    from felix_nat64.dataplane.loop import DataplaneError  # noqa: PLC0415
+    from felix_nat64.drivers.api import DataplaneError  # noqa: PLC0415
+    from felix_nat64.drivers.inventory import inventory  # noqa: PLC0415
 
     logs.configure(level="info" if args.force else "warning")
     before = inventory()
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
             print("run 'felix-nat64 cleanup --force' to remove them", file=sys.stderr)
         return exitcodes.OK
     try:
-        outcome = build_dataplane(None).apply(DesiredState(), resync=True)
+        outcome = build_dataplane(None).apply(DesiredState())
     except DataplaneError as exc:
         raise CliError(f"cleanup failed: {exc}; fix the cause and run it again (it is idempotent)") \
             from None

@@ -51,14 +51,29 @@ def _jool_loadable() -> bool:
     return done.returncode == 0 and os.path.exists("/sys/module/jool")
 
 
+TESTBED_MISSING = (
+    "the demo runs on felix-nat64's test bed (the 'testbed' package), which is not installed: it "
+    "is a development tool, not part of the product. From a clone of the repository run 'make demo' "
+    "(it installs everything), or 'pip install -e ./testbed' into this environment"
+)
+
+
+def _require_testbed() -> None:
+    try:
+        import testbed  # noqa: F401, PLC0415
+    except ImportError:
+        raise CliError(TESTBED_MISSING, exitcodes.FAILURE) from None
+
+
 def run(args: argparse.Namespace) -> int:
+    _require_testbed()
     if os.geteuid() != 0:
         raise CliError("the demo builds network namespaces: run it as root (sudo make demo)")
     if args.vm or (not args.here and not _jool_loadable()):
         if not args.vm:
             print("Jool cannot be loaded into this kernel: running the demo in a VM that has it "
                   "(about 30 s to boot)...", flush=True)
-        return subprocess.run([sys.executable, "-m", "felix_nat64.testing.vm",
+        return subprocess.run([sys.executable, "-m", "testbed.vm",
                                sys.executable, "-m", "felix_nat64.cli.main", "demo", "--here"],
                               check=False).returncode
     if not _jool_loadable():
@@ -78,8 +93,8 @@ class Demo:
 
     def run(self) -> int:
         # Imported here: these need root, the kernel libraries and Jool.
-        from felix_nat64.testing import topology as topo_mod  # noqa: PLC0415
-        from felix_nat64.testing.traffic import start_server  # noqa: PLC0415
+        from testbed import topology as topo_mod  # noqa: PLC0415
+        from testbed.traffic import start_server  # noqa: PLC0415
 
         in_vm = os.environ.get("FELIX_NAT64_IN_VM") == "1"
         prefix = "fn64demo-"
@@ -102,8 +117,8 @@ class Demo:
         return ["nsenter", f"--net=/run/netns/{topo.node_netns}", "--", *argv]
 
     def _with_node(self, topo: Any, in_vm: bool) -> int:
-        from felix_nat64.testing.felix import FelixSimulator, driver_command  # noqa: PLC0415
         from felix_nat64.testing.streams import StreamBuilder  # noqa: PLC0415
+        from testbed.felix import FelixSimulator, driver_command  # noqa: PLC0415
 
         with tempfile.TemporaryDirectory() as tmp:
             status_file = os.path.join(tmp, "status.json")
@@ -152,7 +167,7 @@ class Demo:
         raise CliError(f"the driver did not become ready within {timeout:.0f}s:\n{felix.output}")
 
     def _traffic(self, topo: Any) -> bool:
-        from felix_nat64.testing.traffic import ping, tcp_request, udp_exchange  # noqa: PLC0415
+        from testbed.traffic import ping, tcp_request, udp_exchange  # noqa: PLC0415
 
         pod = topo.pod().netns
         ok = True

@@ -15,12 +15,13 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from felix_nat64 import logs
 from felix_nat64.cli import exitcodes
 from felix_nat64.cli.errors import CliError
-from felix_nat64.dataplane.loop import Dataplane, DataplaneLoop, StreamEnd
+from felix_nat64.dataplane.loop import DataplaneLoop, StreamEnd
 from felix_nat64.dataplane.managers import FelixView
+from felix_nat64.drivers.api import Dataplane
 from felix_nat64.model.settings import Settings
-from felix_nat64.observe import logs
 from felix_nat64.observe.health import HealthServer, Heartbeat
 from felix_nat64.observe.kernel_stats import Sampler, StatsPoller
 from felix_nat64.observe.metrics import ApplyTimes, NAT64Collector, registry_for

@@ -7,16 +7,15 @@ import json
 import sys
 from typing import Any, BinaryIO
 
+from felix_nat64 import logs
 from felix_nat64.cli import exitcodes
 from felix_nat64.cli.errors import CliError
 from felix_nat64.dataplane.managers import FelixView
 from felix_nat64.drivers.plan import program
 from felix_nat64.model.desired import CapacityError, build_desired
 from felix_nat64.model.jsonview import to_jsonable
-from felix_nat64.observe import logs
-from felix_nat64.observe.status import StreamCounters
 from felix_nat64.wire import messages as m
-from felix_nat64.wire.transport import pump
+from felix_nat64.wire.transport import StreamCounters, pump
 
 
 def add_parser(sub: Any) -> None:

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _kernel() -> tuple[dict[str, Any], str]:
     # Kernel libraries load here, so --no-kernel works without them.
-    from felix_nat64.cli.inventory import inventory  # noqa: PLC0415
+    from felix_nat64.drivers.inventory import inventory  # noqa: PLC0415
     from felix_nat64.model.jsonview import to_jsonable  # noqa: PLC0415
     from felix_nat64.observe.sampler import sample_kernel  # noqa: PLC0415
 

@@ -7,8 +7,6 @@ import json
 import sys
 from typing import Any
 
-import yaml
-
 from felix_nat64.cli import exitcodes
 from felix_nat64.cli.errors import CliError
 from felix_nat64.testing.scenario import ScenarioError, build_scenario, dump_stream
@@ -41,6 +39,12 @@ def run_build(args: argparse.Namespace) -> int:
                 text = handle.read()
     except OSError as exc:
         raise CliError(f"cannot read scenario {args.scenario}: {exc.strerror}") from None
+    try:
+        import yaml  # noqa: PLC0415 - scenario files are a development feature
+    except ImportError:
+        raise CliError("building a stream from a scenario needs PyYAML, which the runtime install "
+                       "leaves out: pip install 'felix-nat64[scenarios]' (or PyYAML)",
+                       exitcodes.FAILURE) from None
     try:
         scenario = yaml.safe_load(text)
         data = build_scenario(scenario)

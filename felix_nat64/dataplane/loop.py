@@ -13,13 +13,13 @@ import queue
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 from felix_nat64.dataplane.managers import FelixView
+from felix_nat64.drivers.api import Dataplane, DataplaneError
+from felix_nat64.logs import EventLogger
 from felix_nat64.model.desired import CapacityError, build_desired
 from felix_nat64.model.jsonview import to_jsonable
 from felix_nat64.model.state import DesiredState
-from felix_nat64.observe.logs import EventLogger
 from felix_nat64.observe.status import ApplyRecord, StatusBoard
 from felix_nat64.wire import messages as m
 
@@ -29,33 +29,6 @@ class StreamEnd:
     """The Felix stream ended: cleanly (error empty) or on a framing error."""
 
     error: str = ""
-
-
-@dataclass(frozen=True)
-class ApplyOutcome:
-    """What an apply changed in the kernel (0 when it was already right)."""
-
-    changes: int = 0
-
-
-class DataplaneError(Exception):
-    """The kernel could not be brought to the desired state (retryable)."""
-
-
-class Dataplane(Protocol):
-    """The kernel side: the only place that mutates the node."""
-
-    def adopt(self) -> Mapping[ipaddress.IPv6Network, ipaddress.IPv4Network]:
-        """Finds translators a previous driver left, keyed by /96 parent."""
-        ...
-
-    def apply(self, desired: DesiredState, resync: bool) -> ApplyOutcome:
-        """Makes the kernel match `desired`; raises DataplaneError on failure.
-
-        `resync` marks the periodic check for drift made by others; a
-        dataplane that caches kernel state must re-read it then.
-        """
-        ...
 
 
 @dataclass(frozen=True)
@@ -241,7 +214,7 @@ class DataplaneLoop:
     def _apply(self, desired: DesiredState, resync: bool) -> None:
         start = self._clock()
         try:
-            outcome = self._dataplane.apply(desired, resync)
+            outcome = self._dataplane.apply(desired)
         except DataplaneError as exc:
             duration = self._clock() - start
             self._retry_at = self._clock() + self._backoff

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 
+from felix_nat64.logs import EventLogger
 from felix_nat64.model.settings import Settings, SettingsResult, resolve_settings
 from felix_nat64.model.state import Host, Inputs, Pool
-from felix_nat64.observe.logs import EventLogger
 from felix_nat64.wire import messages as m
 
 

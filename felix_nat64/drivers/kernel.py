@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from felix_nat64.dataplane.loop import ApplyOutcome, DataplaneError
+from felix_nat64.drivers.api import ApplyOutcome, DataplaneError
 from felix_nat64.drivers.netns.errors import describe
 from felix_nat64.drivers.netns.links import FoundTranslator, TranslatorLinks, discover, forwarding_problems
 from felix_nat64.drivers.netns.worker import namespace_exists
@@ -23,8 +23,8 @@ from felix_nat64.drivers.nft.ruleset import render
 from felix_nat64.drivers.nft.table import NftError, NftTable
 from felix_nat64.drivers.plan import DEFAULT_MTU, JoolConfig, jool_config, node_routes
 from felix_nat64.drivers.routing import NodeRouting, RuleSpec
+from felix_nat64.logs import EventLogger
 from felix_nat64.model.state import DesiredState, Translator
-from felix_nat64.observe.logs import EventLogger
 
 DEFAULT_MTU_FILE = "/var/lib/calico/mtu"
 T = TypeVar("T")
@@ -72,7 +72,7 @@ class KernelDataplane:
     def mtu_for(self, desired: DesiredState) -> int:
         return desired.mtu or pod_network_mtu(self._mtu_file) or DEFAULT_MTU
 
-    def apply(self, desired: DesiredState, resync: bool) -> ApplyOutcome:
+    def apply(self, desired: DesiredState) -> ApplyOutcome:
         changes = 0
         if desired.active:
             problems = forwarding_problems()

@@ -18,7 +18,7 @@ from pyroute2 import IPRoute
 
 from felix_nat64.drivers.netns.links import ROUTE_PROTO
 from felix_nat64.drivers.plan import MAIN_TABLE, Route
-from felix_nat64.observe.logs import EventLogger
+from felix_nat64.logs import EventLogger
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,32 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from felix_nat64.model import values as v
-from felix_nat64.wire.messages import ConfigUpdate
+
+
+class ConfigSourceView(Protocol):
+    """One of Felix's configuration sources: its name and its raw values."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def config(self) -> Mapping[str, str]: ...
+
+
+class ConfigView(Protocol):
+    """What settings are read from: Felix's resolved map and, when sent, each source's."""
+
+    @property
+    def config(self) -> Mapping[str, str]: ...
+
+    @property
+    def sources(self) -> Sequence[ConfigSourceView]: ...
+
 
 # RFC 6146 section 4 and RFC 5382 REQ-5; Jool itself refuses anything shorter
 # than its own minimums (TCP established 2 h, transitory 4 min, UDP 2 min).
@@ -351,7 +371,7 @@ def _ours(lower_key: str) -> bool:
     return lower_key in SPECS_BY_LOWER or lower_key.startswith(OUR_PREFIX)
 
 
-def _candidates(update: ConfigUpdate) -> tuple[dict[str, SettingOrigin], list[SettingError]]:
+def _candidates(update: ConfigView) -> tuple[dict[str, SettingOrigin], list[SettingError]]:
     """The winning raw value per lower-cased key, following Felix's precedence."""
     errors: list[SettingError] = []
     winners: dict[str, tuple[int, SettingOrigin]] = {}
@@ -391,8 +411,8 @@ def _candidates(update: ConfigUpdate) -> tuple[dict[str, SettingOrigin], list[Se
     return result, errors
 
 
-def resolve_settings(update: ConfigUpdate, default_hostname: str | None = None) -> SettingsResult:
-    """Reads and validates every felix-nat64 setting in a ConfigUpdate.
+def resolve_settings(update: ConfigView, default_hostname: str | None = None) -> SettingsResult:
+    """Reads and validates every felix-nat64 setting in Felix's configuration.
 
     Never raises on bad input: each rejected value becomes a SettingError.
     """

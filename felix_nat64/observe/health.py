@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from felix_nat64.observe.logs import EventLogger
+from felix_nat64.logs import EventLogger
 from felix_nat64.observe.status import StatusBoard
 
 

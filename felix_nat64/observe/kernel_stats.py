@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from felix_nat64.observe.logs import EventLogger
+from felix_nat64.logs import EventLogger
 
 PROTOCOLS = ("tcp", "udp", "icmp")
 

@@ -12,21 +12,10 @@ import os
 import tempfile
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass
-class StreamCounters:
-    """Written by the reader thread only."""
-
-    frames: int = 0
-    bytes: int = 0
-    by_payload: Counter[str] = field(default_factory=Counter)
-    undecodable_used: int = 0
-    undecodable_other: int = 0
-    last_undecodable: str = ""
+from felix_nat64.wire.transport import StreamCounters
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,1 @@
-"""Stream builders, the simulated Calico node and the test VM (for tests, demo and docs)."""
+"""Stream builders and scenario files the product's own `render` and `stream` commands use."""

@@ -13,11 +13,12 @@ import queue
 import socket
 import stat
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from felix_nat64.observe.logs import EventLogger
-from felix_nat64.observe.status import StreamCounters
+from felix_nat64.logs import EventLogger
 from felix_nat64.wire.framing import MAX_FRAME_BYTES, FrameDecoder, FramingError
 from felix_nat64.wire.messages import (
     USED_PAYLOADS,
@@ -31,6 +32,18 @@ from felix_nat64.wire.messages import (
 FELIX_READ_FD = 3
 FELIX_WRITE_FD = 4
 READ_CHUNK = 1 << 20
+
+
+@dataclass
+class StreamCounters:
+    """What has come down the stream; written by the reader thread only."""
+
+    frames: int = 0
+    bytes: int = 0
+    by_payload: Counter[str] = field(default_factory=Counter)
+    undecodable_used: int = 0
+    undecodable_other: int = 0
+    last_undecodable: str = ""
 
 
 class TransportError(Exception):

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from felix_nat64.testing.topology import Topology, build_topology, cleanup_stale
-from felix_nat64.testing.traffic import ServerProcess, start_server
+from testbed.topology import Topology, build_topology, cleanup_stale
+from testbed.traffic import ServerProcess, start_server
 
 HOST_PREFIX = "fn64h-"
 

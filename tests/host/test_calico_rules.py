@@ -23,7 +23,7 @@ from felix_nat64.drivers.nft.table import Nft, NftTable
 from felix_nat64.model.desired import build_desired
 from felix_nat64.model.settings import Settings
 from felix_nat64.model.state import NFT_TABLE, DesiredState, Host, Inputs, Pool
-from felix_nat64.testing.calico_rules import (
+from testbed.calico_rules import (
     ALL_POOLS_SET_BEFORE_3_32,
     ALL_POOLS_SET_FROM_3_32,
     ALLOW_ALL,
@@ -40,9 +40,9 @@ from felix_nat64.testing.calico_rules import (
     node_spec,
     remove_felix_rules,
 )
-from felix_nat64.testing.netns_exec import run_command_in_netns, run_in_netns
-from felix_nat64.testing.topology import Topology, build_topology, cleanup_stale
-from felix_nat64.testing.traffic import ServerProcess, ping, start_server, tcp_request, udp_exchange
+from testbed.netns_exec import run_command_in_netns, run_in_netns
+from testbed.topology import Topology, build_topology, cleanup_stale
+from testbed.traffic import ServerProcess, ping, start_server, tcp_request, udp_exchange
 from tests.host.conftest import require_root
 
 pytestmark = pytest.mark.host

@@ -15,14 +15,14 @@ import time
 import pytest
 from pyroute2 import IPRoute, netns
 
-from felix_nat64.testing import topology as t
-from felix_nat64.testing.netns_exec import (
+from testbed import topology as t
+from testbed.netns_exec import (
     read_sysctls,
     run_command_in_netns,
     run_in_netns,
 )
-from felix_nat64.testing.topology import Topology, build_topology, cleanup_stale, stale_namespaces
-from felix_nat64.testing.traffic import (
+from testbed.topology import Topology, build_topology, cleanup_stale, stale_namespaces
+from testbed.traffic import (
     HeldConnection,
     ServerProcess,
     connection_burst,

@@ -24,12 +24,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from felix_nat64.dataplane.loop import ApplyOutcome, DataplaneLoop
+from felix_nat64.dataplane.loop import DataplaneLoop
 from felix_nat64.dataplane.managers import FelixView
+from felix_nat64.drivers.api import ApplyOutcome
+from felix_nat64.logs import JsonFormatter, KeyValueFormatter
 from felix_nat64.model.desired import build_desired
 from felix_nat64.model.settings import SPECS, Settings, resolve_settings
 from felix_nat64.model.state import DesiredState, Inputs, Pool
-from felix_nat64.observe.logs import JsonFormatter, KeyValueFormatter
 from felix_nat64.observe.metrics import ApplyTimes, NAT64Collector, registry_for
 from felix_nat64.observe.status import StatusBoard
 from felix_nat64.wire import messages as m
@@ -258,7 +259,7 @@ class RecordingDataplane:
         self.adopt_calls += 1
         return {}
 
-    def apply(self, desired: DesiredState, resync: bool) -> ApplyOutcome:
+    def apply(self, desired: DesiredState) -> ApplyOutcome:
         self.applied.append(desired)
         return ApplyOutcome(changes=1)
 

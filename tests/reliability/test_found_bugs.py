@@ -15,8 +15,9 @@ from types import MappingProxyType
 
 import pytest
 
-from felix_nat64.dataplane.loop import ApplyOutcome, DataplaneLoop
+from felix_nat64.dataplane.loop import DataplaneLoop
 from felix_nat64.dataplane.managers import FelixView
+from felix_nat64.drivers.api import ApplyOutcome
 from felix_nat64.drivers.nft.ruleset import render
 from felix_nat64.model.desired import build_desired
 from felix_nat64.model.settings import resolve_settings
@@ -47,7 +48,7 @@ class _Dataplane:
     def adopt(self) -> Mapping[N6, N4]:
         return {}
 
-    def apply(self, desired: DesiredState, resync: bool) -> ApplyOutcome:
+    def apply(self, desired: DesiredState) -> ApplyOutcome:
         self.applied.append(desired)
         return ApplyOutcome(changes=1)
 

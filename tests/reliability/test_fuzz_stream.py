@@ -27,8 +27,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from felix_nat64.dataplane.loop import ApplyOutcome, DataplaneLoop, LoopOptions, StreamEnd
+from felix_nat64.dataplane.loop import DataplaneLoop, LoopOptions, StreamEnd
 from felix_nat64.dataplane.managers import FelixView
+from felix_nat64.drivers.api import ApplyOutcome
 from felix_nat64.model.desired import CapacityError, build_desired
 from felix_nat64.model.settings import Settings, resolve_settings
 from felix_nat64.model.state import DesiredState, Host, Inputs, Pool
@@ -63,7 +64,7 @@ class RecordingDataplane:
     """Stands in for the kernel: records every apply."""
 
     def __init__(self) -> None:
-        self.applied: list[tuple[DesiredState, bool]] = []
+        self.applied: list[DesiredState] = []
         self.adopt_calls = 0
         self.applied_event = threading.Event()
         self.after_end: list[DesiredState] = []
@@ -76,11 +77,11 @@ class RecordingDataplane:
         self.adopt_calls += 1
         return {}
 
-    def apply(self, desired: DesiredState, resync: bool) -> ApplyOutcome:
+    def apply(self, desired: DesiredState) -> ApplyOutcome:
         if self.end_taken.is_set():
             self.after_end.append(desired)
         self.positions.append(self.progress())
-        self.applied.append((desired, resync))
+        self.applied.append(desired)
         self.applied_event.set()
         return ApplyOutcome(changes=1)
 
@@ -157,7 +158,7 @@ class Checker:
     def step(self) -> None:
         before = len(self.dataplane.applied)
         self.loop.step()
-        new = [d for d, _ in self.dataplane.applied[before:]]
+        new = list(self.dataplane.applied[before:])
         previous = self.applied.blocks if self.applied is not None else {}
         expected = self.model.desired(previous)
         self.tally[f"{self.prefix}.steps_checked"] += 1
@@ -748,7 +749,7 @@ def test_malformed_framing_ends_the_session_once_and_nothing_is_applied_after(
         prefix_model = Model()
         folded = 0
         previous: Mapping[N6, N4] = {}
-        for (desired, _), position in zip(dataplane.applied, dataplane.positions, strict=True):
+        for desired, position in zip(dataplane.applied, dataplane.positions, strict=True):
             while folded < position:
                 prefix_model.fold(expected_events[folded])
                 folded += 1
@@ -815,7 +816,7 @@ def test_config_update_with_100k_keys(tally: Counter[str]) -> None:
         for event in events:
             checker.handle(event)
         checker.step()
-        (desired, _), = checker.dataplane.applied
+        desired, = checker.dataplane.applied
         assert [str(t.parent) for t in desired.translators] == ["64:ff9b::/96"]
 
 

@@ -8,13 +8,8 @@ from types import MappingProxyType
 
 import pytest
 
-from felix_nat64.dataplane.loop import (
-    ApplyOutcome,
-    DataplaneError,
-    DataplaneLoop,
-    LoopOptions,
-    StreamEnd,
-)
+from felix_nat64.dataplane.loop import DataplaneLoop, LoopOptions, StreamEnd
+from felix_nat64.drivers.api import ApplyOutcome, DataplaneError
 from felix_nat64.model.state import DesiredState
 from felix_nat64.observe.status import StatusBoard
 from felix_nat64.wire import messages as m
@@ -27,7 +22,7 @@ FAST = LoopOptions(coalesce_seconds=0.02, max_coalesce_seconds=0.2, backoff_init
 
 class RecordingDataplane:
     def __init__(self, failures: int = 0, existing: Mapping[N6, N4] | None = None) -> None:
-        self.applied: list[tuple[DesiredState, bool]] = []
+        self.applied: list[DesiredState] = []
         self.failures = failures
         self.existing = dict(existing or {})
         self.adopt_calls = 0
@@ -36,11 +31,11 @@ class RecordingDataplane:
         self.adopt_calls += 1
         return self.existing
 
-    def apply(self, desired: DesiredState, resync: bool) -> ApplyOutcome:
+    def apply(self, desired: DesiredState) -> ApplyOutcome:
         if self.failures:
             self.failures -= 1
             raise DataplaneError("injected failure")
-        self.applied.append((desired, resync))
+        self.applied.append(desired)
         return ApplyOutcome(changes=1)
 
 
@@ -88,8 +83,8 @@ def test_burst_is_coalesced_into_one_recalculation() -> None:
                                settle=0.5)
     assert loop.recalculations == 1
     assert len(dp.applied) == 1
-    desired, resync = dp.applied[0]
-    assert len(desired.sources) == 500 and not resync
+    desired = dp.applied[0]
+    assert len(desired.sources) == 500
     assert status.readiness() == (True, [])
 
 
@@ -107,7 +102,7 @@ def test_updates_after_sync_are_applied_and_duplicates_are_not() -> None:
     loop.step()
     loop.handle(m.InSync())  # a second InSync changes nothing
     loop.step()
-    assert [len(d.sources) for d, _ in dp.applied] == [1, 2]
+    assert [len(d.sources) for d in dp.applied] == [1, 2]
 
 
 def test_failed_apply_is_retried_with_backoff() -> None:
@@ -162,20 +157,20 @@ def test_turning_nat64_off_applies_an_empty_state() -> None:
     loop.step()
     loop.handle(config(NAT64Prefixes="64:ff9b::/96", NAT64Enabled="false"))
     loop.step()
-    assert [d.active for d, _ in dp.applied] == [True, False]
+    assert [d.active for d in dp.applied] == [True, False]
 
 
-def test_periodic_resync_reapplies_with_resync_flag() -> None:
+def test_periodic_resync_reapplies_the_same_state() -> None:
     dp = RecordingDataplane()
     run_loop([config(NAT64Prefixes="64:ff9b::/96", NAT64ResyncInterval="1s"), m.InSync()], dp, settle=1.5)
-    assert [r for _, r in dp.applied][:2] == [False, True]
+    assert len(dp.applied) >= 2 and dp.applied[0] == dp.applied[1]
 
 
 def test_existing_translator_blocks_are_adopted() -> None:
     wkp = N6("64:ff9b::/96")
     dp = RecordingDataplane(existing={wkp: N4("169.254.64.32/28")})
     run_loop([config(NAT64Prefixes="64:ff9b::/96"), m.InSync()], dp, settle=0.2)
-    assert dp.applied[0][0].translators[0].block == N4("169.254.64.32/28")
+    assert dp.applied[0].translators[0].block == N4("169.254.64.32/28")
 
 
 def test_stream_end_with_error_is_returned() -> None:
@@ -190,7 +185,7 @@ def test_out_of_order_messages_are_tolerated() -> None:
     events = [m.PoolRemove("nope"), m.HostRemove("ghost"), pool("fd00::/64"), m.InSync(),
               config(NAT64Prefixes="64:ff9b::/96"), m.InSync()]
     run_loop(events, dp, settle=0.2)
-    assert len(dp.applied) == 1 and dp.applied[0][0].sources == (N6("fd00::/64"),)
+    assert len(dp.applied) == 1 and dp.applied[0].sources == (N6("fd00::/64"),)
 
 
 class FailingAfter(RecordingDataplane):
@@ -201,11 +196,11 @@ class FailingAfter(RecordingDataplane):
         self.ok = ok
         self.calls = 0
 
-    def apply(self, desired: DesiredState, resync: bool) -> ApplyOutcome:
+    def apply(self, desired: DesiredState) -> ApplyOutcome:
         self.calls += 1
         if self.calls > self.ok:
             raise DataplaneError("kernel said no")
-        return super().apply(desired, resync)
+        return super().apply(desired)
 
 
 def test_a_failing_resync_backs_off_instead_of_spinning() -> None:

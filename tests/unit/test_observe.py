@@ -15,11 +15,11 @@ from types import MappingProxyType
 import pytest
 from prometheus_client import generate_latest
 
+from felix_nat64 import logs
 from felix_nat64.cli.main import main
 from felix_nat64.dataplane.managers import FelixView
 from felix_nat64.model.desired import build_desired
 from felix_nat64.model.jsonview import to_jsonable
-from felix_nat64.observe import logs
 from felix_nat64.observe.health import HealthServer, Heartbeat
 from felix_nat64.observe.kernel_stats import KernelStats, StatsPoller, TranslatorStats
 from felix_nat64.observe.metrics import ApplyTimes, NAT64Collector, registry_for

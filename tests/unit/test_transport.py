@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from felix_nat64.cli import driver as driver_cli
-from felix_nat64.dataplane.loop import ApplyOutcome
+from felix_nat64.drivers.api import ApplyOutcome
 from felix_nat64.model.state import DesiredState
-from felix_nat64.testing.felix import driver_command
 from felix_nat64.testing.streams import StreamBuilder
 from felix_nat64.wire.transport import SocketServer, TransportError
+from testbed.felix import driver_command
 
 
 class Recording:
@@ -29,7 +29,7 @@ class Recording:
     def adopt(self) -> Mapping[object, object]:
         return {}
 
-    def apply(self, desired: DesiredState, resync: bool) -> ApplyOutcome:
+    def apply(self, desired: DesiredState) -> ApplyOutcome:
         self.applied.append(desired)
         return ApplyOutcome(1)
 

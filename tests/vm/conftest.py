@@ -1,6 +1,6 @@
 """Fixtures for tests that need the real Jool kernel module.
 
-They run as root inside the test VM (felix_nat64.testing.vm), which boots a
+They run as root inside the test VM (testbed.vm), which boots a
 kernel that has jool.ko. Anywhere else the whole run stops with an error
 saying how to run them: these tests are never skipped.
 """
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from felix_nat64.testing.vm import in_vm
+from testbed.vm import in_vm
 
 HERE = Path(__file__).resolve().parent
 NOT_IN_VM_EXIT = 3
 NOT_IN_VM = (
     "tests/vm need the real Jool kernel module and root, so they only run inside the test VM:\n"
-    "    .venv/bin/python -m felix_nat64.testing.vm .venv/bin/pytest -q tests/vm\n"
+    "    .venv/bin/python -m testbed.vm .venv/bin/pytest -q tests/vm\n"
     "(FELIX_NAT64_IN_VM=1 is not set here.)"
 )
 

@@ -18,17 +18,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from felix_nat64.cli.inventory import inventory
 from felix_nat64.dataplane.managers import FelixView
+from felix_nat64.drivers.inventory import inventory
 from felix_nat64.model.desired import build_desired
 from felix_nat64.model.state import DesiredState
-from felix_nat64.observe.status import StreamCounters
-from felix_nat64.testing import topology as topo_mod
-from felix_nat64.testing.felix import FelixSimulator
 from felix_nat64.testing.streams import StreamBuilder
-from felix_nat64.testing.traffic import ServerProcess, start_server
 from felix_nat64.wire.framing import encode_frame, iter_frames
-from felix_nat64.wire.transport import pump
+from felix_nat64.wire.transport import StreamCounters, pump
+from testbed import topology as topo_mod
+from testbed.felix import FelixSimulator
+from testbed.traffic import ServerProcess, start_server
 
 NSP = "2001:db8:64::/96"
 WKP = "64:ff9b::/96"

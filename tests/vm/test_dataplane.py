@@ -16,7 +16,7 @@ import pytest
 from felix_nat64.drivers.jool.instances import JoolInstances
 from felix_nat64.drivers.kernel import KernelDataplane
 from felix_nat64.drivers.nft.table import Nft
-from felix_nat64.testing.traffic import HeldConnection, ping, tcp_request, udp_exchange
+from testbed.traffic import HeldConnection, ping, tcp_request, udp_exchange
 from tests.vm.dataplane_fixtures import (
     NSP,
     WKP,
@@ -123,8 +123,8 @@ class TestConvergence:
     def test_applying_the_same_state_twice_changes_nothing(self, node: Node, driver: RunningDriver) -> None:
         dp = KernelDataplane(JoolInstances())
         desired = desired_from(node_stream(), dp.adopt())
-        assert dp.apply(desired, resync=True).changes == 0
-        assert dp.apply(desired, resync=True).changes == 0
+        assert dp.apply(desired).changes == 0
+        assert dp.apply(desired).changes == 0
 
 
 class TestIcmpErrors:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from felix_nat64.testing.traffic import tcp_request, udp_exchange
+from testbed.traffic import tcp_request, udp_exchange
 from tests.vm.dataplane_fixtures import (
     NSP,
     Node,

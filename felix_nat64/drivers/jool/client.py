@@ -34,7 +34,7 @@ from felix_nat64.drivers.jool.transport import JoolSocket, Transport
 from felix_nat64.drivers.jool.version import JoolVersion, module_version
 from felix_nat64.drivers.jool.worker import JoolWorker
 from felix_nat64.drivers.plan import Pool4Entry
-from felix_nat64.observe.logs import EventLogger
+from felix_nat64.logs import EventLogger
 
 T = TypeVar("T")
 

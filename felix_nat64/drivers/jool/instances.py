@@ -8,13 +8,13 @@ restarted driver leaves a correct instance (and its sessions) alone.
 
 from __future__ import annotations
 
-from felix_nat64.dataplane.loop import DataplaneError
+from felix_nat64.drivers.api import DataplaneError
 from felix_nat64.drivers.jool.client import JoolClient
 from felix_nat64.drivers.jool.errors import JoolError, JoolNotFound
 from felix_nat64.drivers.jool.pool4diff import pool4_changes
 from felix_nat64.drivers.plan import JoolConfig
+from felix_nat64.logs import EventLogger
 from felix_nat64.model.state import JOOL_INSTANCE
-from felix_nat64.observe.logs import EventLogger
 
 
 class JoolInstances:

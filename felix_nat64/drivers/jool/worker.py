@@ -22,7 +22,7 @@ from typing import TypeVar
 from felix_nat64.drivers.jool.codec import JoolHeader, Reply
 from felix_nat64.drivers.jool.errors import JoolError, JoolNamespaceError
 from felix_nat64.drivers.jool.transport import JoolSocket
-from felix_nat64.observe.logs import EventLogger
+from felix_nat64.logs import EventLogger
 
 T = TypeVar("T")
 

@@ -30,6 +30,7 @@ from felix_nat64.drivers.netns.worker import (
     write_sysctl,
 )
 from felix_nat64.drivers.plan import Route, translator_routes
+from felix_nat64.logs import EventLogger
 from felix_nat64.model.state import (
     BLOCK_PREFIXLEN,
     LINK_PREFIX,
@@ -39,7 +40,6 @@ from felix_nat64.model.state import (
     NS_LINK_NAME,
     Translator,
 )
-from felix_nat64.observe.logs import EventLogger
 
 ALIAS_PREFIX = "felix-nat64 parent="
 ROUTE_PROTO = 164  # marks routes as felix-nat64's (see docs/architecture.md)

@@ -18,7 +18,7 @@ from typing import Any
 import nftables
 
 from felix_nat64.drivers.nft.ruleset import COUNTERS, FAMILY, TABLE, Ruleset
-from felix_nat64.observe.logs import EventLogger
+from felix_nat64.logs import EventLogger
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -5,7 +5,7 @@ simulated node (this VM's own namespace with two pods, an IPv4 uplink and
 IPv4-only servers). Outside the VM the run stops with the command to use:
 these tests are never skipped.
 
-    .venv/bin/python -m felix_nat64.testing.vm .venv/bin/pytest -q tests/reliability/vm
+    .venv/bin/python -m testbed.vm .venv/bin/pytest -q tests/reliability/vm
 
 The default sizes keep all of them to a few minutes of guest time;
 FELIX_NAT64_SOAK=1 runs the long variants. Each test records its figures
@@ -33,8 +33,8 @@ from typing import Any
 
 import pytest
 
-from felix_nat64.testing.netns_exec import socket_in_netns
-from felix_nat64.testing.vm import in_vm
+from testbed.netns_exec import socket_in_netns
+from testbed.vm import in_vm
 from tests.vm.conftest import NOT_IN_VM_EXIT
 from tests.vm.dataplane_fixtures import Node, RunningDriver, kernel_leftovers, start_driver
 
@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 VM_TESTS = HERE.parent.parent / "vm"
 NOT_IN_VM = (
     "tests/reliability/vm need the real Jool kernel module and root, so they only run inside the test VM:\n"
-    "    .venv/bin/python -m felix_nat64.testing.vm .venv/bin/pytest -q tests/reliability/vm\n"
+    "    .venv/bin/python -m testbed.vm .venv/bin/pytest -q tests/reliability/vm\n"
     "(FELIX_NAT64_IN_VM=1 is not set here; on the host run the other suites with "
     "--ignore=tests/reliability/vm.)"
 )
@@ -107,7 +107,7 @@ def clean_kernel() -> int:
     from felix_nat64.cli.driver import build_dataplane  # noqa: PLC0415
     from felix_nat64.model.state import DesiredState  # noqa: PLC0415
 
-    changes = build_dataplane(None).apply(DesiredState(), resync=True).changes
+    changes = build_dataplane(None).apply(DesiredState()).changes
     assert kernel_leftovers() == []
     return changes
 
@@ -252,7 +252,7 @@ def kernel_state() -> dict[str, Any]:
     """Everything felix-nat64 programs, read back with the kernel's own tools
     (ip, nft, jool, sysctl), without what changes on every creation
     (interface indexes, kernel-made link-local addresses, counter values)."""
-    from felix_nat64.cli.inventory import inventory  # noqa: PLC0415
+    from felix_nat64.drivers.inventory import inventory  # noqa: PLC0415
 
     inv = inventory()
     state: dict[str, Any] = {
@@ -474,7 +474,7 @@ def quick_state() -> dict[str, Any]:
     """A cheap in-process reading of the same objects as kernel_state(), for
     polling: inventory, our nftables table as the driver compares it, and
     each translator's Jool instance, pool4, globals, link state and sysctl."""
-    from felix_nat64.cli.inventory import inventory  # noqa: PLC0415
+    from felix_nat64.drivers.inventory import inventory  # noqa: PLC0415
     from felix_nat64.drivers.jool.client import JoolClient  # noqa: PLC0415
     from felix_nat64.drivers.jool.errors import JoolError  # noqa: PLC0415
     from felix_nat64.drivers.nft.table import Nft, view_of_kernel  # noqa: PLC0415

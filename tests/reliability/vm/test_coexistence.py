@@ -1,6 +1,6 @@
 """NAT64 on a node that carries Calico Felix's own rules, through the real Jool module.
 
-A Felix-style dataplane (felix_nat64/testing/calico_rules.py) is loaded into
+A Felix-style dataplane (testbed/calico_rules.py) is loaded into
 the node in each of Felix's modes: nftables, iptables-nft with the FORWARD
 policy ACCEPT, and iptables-nft with FORWARD DROP (what Docker sets). With it
 in place, and the driver run as Felix runs it:
@@ -30,7 +30,7 @@ in place, and the driver run as Felix runs it:
 
 Each outcome is recorded in the figures (section "coexistence").
 
-Run: .venv/bin/python -m felix_nat64.testing.vm .venv/bin/pytest -q tests/reliability/vm/test_coexistence.py
+Run: .venv/bin/python -m testbed.vm .venv/bin/pytest -q tests/reliability/vm/test_coexistence.py
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ import pytest
 from felix_nat64.drivers.jool.client import JoolClient
 from felix_nat64.drivers.jool.entries import SessionEntry
 from felix_nat64.drivers.nft.table import Nft
-from felix_nat64.testing.calico_rules import (
+from felix_nat64.testing.streams import StreamBuilder
+from testbed.calico_rules import (
     ALL_POOLS_SET_BEFORE_3_32,
     ALL_POOLS_SET_FROM_3_32,
     ALLOW_ALL,
@@ -62,10 +63,9 @@ from felix_nat64.testing.calico_rules import (
     node_spec,
     remove_felix_rules,
 )
-from felix_nat64.testing.netns_exec import socket_in_netns
-from felix_nat64.testing.streams import StreamBuilder
-from felix_nat64.testing.topology import Topology, pod_address
-from felix_nat64.testing.traffic import HeldConnection, ping, tcp_request, udp_exchange
+from testbed.netns_exec import socket_in_netns
+from testbed.topology import Topology, pod_address
+from testbed.traffic import HeldConnection, ping, tcp_request, udp_exchange
 from tests.reliability.vm.conftest import (
     JOOL_INSTANCE,
     DriverPool,

@@ -25,8 +25,8 @@ import pytest
 from pyroute2 import IPRoute
 
 from felix_nat64.model.state import DesiredState, Translator
-from felix_nat64.testing.traffic import tcp_request
 from felix_nat64.wire.framing import HEADER_LEN
+from testbed.traffic import tcp_request
 from tests.reliability.vm.conftest import (
     JOOL_INSTANCE,
     SOAK,

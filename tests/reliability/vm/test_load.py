@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from felix_nat64.testing.netns_exec import socket_in_netns
-from felix_nat64.testing.traffic import (
+from testbed.netns_exec import socket_in_netns
+from testbed.traffic import (
     BurstResult,
     HeldConnection,
     connection_burst,

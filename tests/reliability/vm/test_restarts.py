@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from felix_nat64.testing.traffic import HeldConnection, HoldReport
+from testbed.traffic import HeldConnection, HoldReport
 from tests.reliability.vm.conftest import SOAK, DriverPool, UdpReport, UdpStream, pod, record
 from tests.vm.dataplane_fixtures import NSP, WKP, Node, RunningDriver, nat64, node_stream, stream_frames
 

@@ -33,7 +33,7 @@ bib       a pod holds a UDP flow and a TCP connection; the attacker aims at
           flows is the only way in.
 socket    an unprivileged user connects to `felix-nat64 driver --socket`.
 
-Run: .venv/bin/python -m felix_nat64.testing.vm .venv/bin/pytest -q tests/reliability/vm/test_security.py
+Run: .venv/bin/python -m testbed.vm .venv/bin/pytest -q tests/reliability/vm/test_security.py
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ from felix_nat64.drivers.jool.client import JoolClient
 from felix_nat64.drivers.jool.entries import Taddr4
 from felix_nat64.drivers.nft.table import Nft
 from felix_nat64.model.state import Translator
-from felix_nat64.testing.netns_exec import run_command_in_netns, run_in_netns, socket_in_netns
-from felix_nat64.testing.topology import CALI_MAC, Topology, pod_address
-from felix_nat64.testing.traffic import tcp_request, udp_exchange
+from testbed.netns_exec import run_command_in_netns, run_in_netns, socket_in_netns
+from testbed.topology import CALI_MAC, Topology, pod_address
+from testbed.traffic import tcp_request, udp_exchange
 from tests.reliability.vm.conftest import JOOL_INSTANCE, driver_pool, jool_stats, record
 from tests.vm.dataplane_fixtures import NSP, WKP, Node, RunningDriver, desired_from, nat64, node_stream
 

@@ -5,7 +5,7 @@ Jool boot Debian's kernel (with jool.ko built by jool-dkms) under qemu with
 virtme-ng, which shares the host's filesystem with the guest. The command
 runs as root in the guest, in the current directory, with the module loaded.
 
-    python -m felix_nat64.testing.vm pytest -q tests/vm
+    python -m testbed.vm pytest -q tests/vm
 """
 
 from __future__ import annotations
@@ -70,9 +70,17 @@ def python_trees() -> dict[str, str]:
     trees = {stdlib: stdlib, "/usr/lib/python3/dist-packages": "/usr/lib/python3/dist-packages"}
     site = sysconfig.get_paths()["purelib"]
     trees[site] = site
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # felix_nat64 itself
-    trees[package] = package
+    for tree in _own_trees():
+        trees[tree] = tree
     return {guest: host for guest, host in trees.items() if os.path.isdir(host)}
+
+
+def _own_trees() -> list[str]:
+    """The product package and this test bed, wherever they are imported from."""
+    import felix_nat64  # noqa: PLC0415
+
+    return [os.path.dirname(os.path.abspath(felix_nat64.__file__)),
+            os.path.dirname(os.path.abspath(__file__))]
 
 
 def python_image(cache_dir: str) -> str:
@@ -84,10 +92,10 @@ def python_image(cache_dir: str) -> str:
     """
     trees = python_trees()
     digest = hashlib.sha256(sys.version.encode())
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    own = set(_own_trees())
     for guest, host in sorted(trees.items()):
         digest.update(guest.encode())
-        if host == package:  # our own code changes file by file: look at every file
+        if host in own:  # our own code changes file by file: look at every file
             for root, dirs, files in os.walk(host):
                 dirs.sort()
                 for name in sorted(files):
@@ -183,7 +191,7 @@ def in_vm() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
-        print("usage: python -m felix_nat64.testing.vm COMMAND [ARG...]", file=sys.stderr)
+        print("usage: python -m testbed.vm COMMAND [ARG...]", file=sys.stderr)
         return 2
     # vng execs virtme-run by name, so its own bin directory must be on PATH.
     env = dict(os.environ)

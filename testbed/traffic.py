@@ -1,6 +1,6 @@
 """Traffic for the simulated node: servers in one namespace, clients in another.
 
-Servers are child processes (``python -m felix_nat64.testing.traffic serve``) so
+Servers are child processes (``python -m testbed.traffic serve``) so
 that they can be killed and restarted on their own and never compete with the
 test for the interpreter. One process serves TCP and/or UDP on several
 addresses. Each server tells the client which source address it saw, so a test
@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import IO, Literal, cast
 
-from felix_nat64.testing.netns_exec import popen_in_netns, run_in_netns, socket_in_netns
+from testbed.netns_exec import popen_in_netns, run_in_netns, socket_in_netns
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -202,7 +202,7 @@ def start_server(
     argv = [
         sys.executable,
         "-m",
-        "felix_nat64.testing.traffic",
+        "testbed.traffic",
         "serve",
         "--response-bytes",
         str(response_bytes),
@@ -1069,7 +1069,7 @@ def connection_burst(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``serve`` runs a server in the current namespace (used by ``start_server``)."""
-    parser = argparse.ArgumentParser(prog="python -m felix_nat64.testing.traffic")
+    parser = argparse.ArgumentParser(prog="python -m testbed.traffic")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="TCP and/or UDP echo server on the given addresses")
     serve.add_argument("addresses", nargs="+")

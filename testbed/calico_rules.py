@@ -56,10 +56,10 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Any, Literal
 
-from felix_nat64.testing.netns_exec import run_command_in_netns
+from testbed.netns_exec import run_command_in_netns
 
 if TYPE_CHECKING:
-    from felix_nat64.testing.topology import Topology
+    from testbed.topology import Topology
 
 Network = IPv4Network | IPv6Network
 

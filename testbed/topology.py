@@ -31,7 +31,7 @@ Inside the VM the node is the current namespace:
 
     topo = build_topology(node_in_current_netns=True)
 
-``python -m felix_nat64.testing.topology up|down|sweep`` builds and removes one
+``python -m testbed.topology up|down|sweep`` builds and removes one
 by hand (for demos and debugging).
 """
 
@@ -56,7 +56,7 @@ from typing import Any, ClassVar, TypeVar
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from felix_nat64.testing.netns_exec import (
+from testbed.netns_exec import (
     NETNS_DIR,
     NetnsError,
     kill_pids,
@@ -763,7 +763,7 @@ def run_in_node(topo: Topology, fn: Callable[[], T], *, timeout: float = 60.0) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``up`` builds a topology and leaves it; ``down``/``sweep`` remove one by prefix."""
-    parser = argparse.ArgumentParser(prog="python -m felix_nat64.testing.topology")
+    parser = argparse.ArgumentParser(prog="python -m testbed.topology")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build a topology and leave it in place")
     up.add_argument("--prefix", default=DEFAULT_PREFIX)
