@@ -6,6 +6,7 @@ networking. These tests fail (never skip) when they cannot run: CI runs them.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from collections.abc import Iterator
@@ -16,6 +17,9 @@ from testbed.topology import Topology, build_topology, cleanup_stale
 from testbed.traffic import ServerProcess, start_server
 
 HOST_PREFIX = "fn64h-"
+# Namespace names under /run/netns are machine-wide: two runs from two
+# checkouts would tear down each other's topologies and translators.
+HOST_LOCK = "/run/lock/felix-nat64-host-tests.lock"
 
 
 def require_root() -> None:
@@ -31,6 +35,14 @@ def require_root() -> None:
         pytest.fail(
             f"tests/host need {', '.join(missing)}: run scripts/install-system-deps.sh", pytrace=False
         )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_run_at_a_time() -> Iterator[None]:
+    require_root()
+    with open(HOST_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(scope="session")
