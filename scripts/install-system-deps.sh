@@ -10,6 +10,8 @@ packages=(
   iptables ipset
   # docs/diagrams: SVGs drawn from Graphviz sources (tests/unit/test_diagrams.py).
   graphviz
+  # promtool checks the chart's alerts and dashboard (tests/unit/test_monitoring.py).
+  prometheus
   # benchmarks/loadgen.c, the benchmarks' load generator.
   gcc libc6-dev
   # The test VM: Debian's kernel with Jool built by DKMS, booted by virtme-ng.

@@ -39,7 +39,7 @@ DOCKERFILE = REPO / "Dockerfile"
 MODES = ("operator", "typha", "kubernetes")
 # Oldest Kubernetes the chart declares, a middle one, the newest with schemas.
 KUBE_VERSIONS = ("1.29.0", "1.33.0", "1.37.0")
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 READ_VERBS = {"get", "list", "watch"}
 
 
@@ -160,6 +160,11 @@ GOOD_OVERRIDES: list[dict[str, Any]] = [
                                              "caConfigMap": "calico-typha-ca", "caKey": "typhaca.crt",
                                              "commonName": "", "uriSAN": "spiffe://cluster/typha"}}},
     {"apiServer": {"host": "10.0.0.1", "port": 6443}},
+    {"metrics": {"host": "0.0.0.0", "serviceMonitor": {"enabled": True},
+                 "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
+                                    "additionalRuleLabels": {"team": "network"},
+                                    "pool4UtilisationThreshold": 0.9, "refusedPacketsPerSecond": 0.5},
+                 "grafanaDashboard": {"enabled": True, "namespace": "monitoring"}}},
 ]
 
 
@@ -190,6 +195,10 @@ BAD_OVERRIDES: list[tuple[dict[str, Any], str]] = [
     ({"nat64": {"enabled": "yes"}}, "enabled"),
     ({"metrics": {"port": 9099}}, "port"),
     ({"metrics": {"host": "localhost"}}, "host"),
+    ({"metrics": {"prometheusRule": {"pool4UtilisationThreshold": 1.5}}}, "pool4UtilisationThreshold"),
+    ({"metrics": {"prometheusRule": {"additionalRuleLabels": {"severity": "page"}}}}, "additionalRuleLabels"),
+    ({"metrics": {"prometheusRule": {"refusedPacketsPerSecond": -1}}}, "refusedPacketsPerSecond"),
+    ({"metrics": {"grafanaDashboard": {"namespace": "Monitoring"}}}, "namespace"),
     ({"felix": {"extraEnv": [{"name": "FELIX_NAT64PREFIXES", "value": "64:ff9b::/96"}]}}, "name"),
     ({"felix": {"extraEnv": [{"name": "FELIX_DataplaneDriver", "value": "/bin/true"}]}}, "name"),
     ({"felix": {"extraEnv": [{"name": "FELIX_TYPHAADDR", "value": "10.0.0.1:5473"}]}}, "name"),
