@@ -12,7 +12,7 @@ from felix_nat64.cli import exitcodes
 from felix_nat64.cli.errors import CliError
 from felix_nat64.dataplane.managers import FelixView
 from felix_nat64.drivers.plan import program
-from felix_nat64.model.desired import CapacityError, build_desired
+from felix_nat64.model.desired import CapacityError, build_desired, unsupported_dataplane
 from felix_nat64.model.jsonview import to_jsonable
 from felix_nat64.wire import messages as m
 from felix_nat64.wire.transport import StreamCounters, pump
@@ -60,7 +60,10 @@ def render_stream(handle: BinaryIO, hostname: str | None = None) -> tuple[dict[s
     desired_json: Any = None
     program_json: Any = None
     desired_error = ""
-    if inputs is not None:
+    refusal = unsupported_dataplane(inputs.settings) if inputs is not None else ""
+    if refusal:
+        desired_error = refusal  # the driver would program nothing
+    elif inputs is not None:
         try:
             desired = build_desired(inputs)
         except CapacityError as exc:

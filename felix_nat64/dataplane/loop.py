@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from felix_nat64.dataplane.managers import FelixView
 from felix_nat64.drivers.api import Dataplane, DataplaneError
 from felix_nat64.logs import EventLogger
-from felix_nat64.model.desired import CapacityError, build_desired
+from felix_nat64.model.desired import CapacityError, build_desired, unsupported_dataplane
 from felix_nat64.model.jsonview import to_jsonable
 from felix_nat64.model.state import DesiredState
 from felix_nat64.observe.status import ApplyRecord, StatusBoard
@@ -79,6 +79,7 @@ class DataplaneLoop:
         self._backoff = options.backoff_initial
         self._resync_at: float | None = None
         self._warned: tuple[str, ...] = ()
+        self._unsupported = ""
         self.recalculations = 0
 
     # -- event handling -----------------------------------------------------
@@ -178,8 +179,11 @@ class DataplaneLoop:
         self._apply(desired, resync=resync_due)
 
     def _recalculate(self) -> DesiredState | None:
-        if self.view.settings.in_force is None:
+        settings = self.view.settings.in_force
+        if settings is None:
             return None  # no good settings yet: leave the kernel as it is
+        if self._refuse_unsupported(unsupported_dataplane(settings)):
+            return None  # not even read: nothing of ours could work on this node
         inputs = self.view.inputs(self._known_blocks())
         assert inputs is not None
         self.recalculations += 1
@@ -198,6 +202,21 @@ class DataplaneLoop:
         self._status.update(desired=to_jsonable(desired), desired_error="",
                             warnings=list(desired.warnings))
         return desired
+
+    def _refuse_unsupported(self, reason: str) -> bool:
+        """Reports a change in whether this node's Calico dataplane is one we
+        cannot work with; True while it is."""
+        if reason != self._unsupported:
+            if reason:
+                self._log.error("unsupported Calico dataplane, programming nothing", reason=reason,
+                                action="run felix-nat64 only on nodes with Calico's iptables or "
+                                       "nftables dataplane")
+            else:
+                self._log.info("Calico dataplane supported again")
+            self._unsupported = reason
+            self._status.update(unsupported_dataplane=reason)
+            self._publish()
+        return bool(reason)
 
     def _known_blocks(self) -> Mapping[ipaddress.IPv6Network, ipaddress.IPv4Network]:
         if self._blocks is None:

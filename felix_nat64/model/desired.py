@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 
 from felix_nat64.model import addressing, special_ipv4
+from felix_nat64.model.settings import Settings
 from felix_nat64.model.state import (
     BLOCK_PREFIXLEN,
     DesiredState,
@@ -28,6 +29,23 @@ IPv6Net = ipaddress.IPv6Network
 
 class CapacityError(ValueError):
     """More /96 parents than NAT64Pool4CIDR has /28 blocks."""
+
+
+def unsupported_dataplane(settings: Settings) -> str:
+    """Why felix-nat64 cannot work on this node's Calico dataplane ("" if it can).
+
+    In Calico's eBPF dataplane the tc program on a workload's veth routes pod
+    egress itself: a FIB lookup, then bpf_redirect_neigh() to the uplink,
+    bypassing the IP stack (felix/bpf-gpl/fib_co_re.h, "doing Linux FIB
+    lookup"). No netfilter hook sees those packets, so the steering mark, the
+    refusals and the SNAT of the IPv4 leg would never run.
+    """
+    if settings.felix_bpf_enabled:
+        return ("Felix's configuration has BPFEnabled=true: Calico's eBPF dataplane routes pod "
+                "traffic in its tc programs, past the netfilter hooks felix-nat64 steers with, "
+                "so NAT64 cannot work on this node; felix-nat64 programs nothing (the eBPF "
+                "dataplane is not supported)")
+    return ""
 
 
 def build_desired(inputs: Inputs) -> DesiredState:

@@ -49,9 +49,13 @@ DEFAULT_TCP_TRANSITORY = 4 * 60
 DEFAULT_UDP = 5 * 60
 DEFAULT_ICMP = 60
 
-# Marks that other node components are known to own: kube-proxy's masquerade
-# and drop bits.
-KUBE_PROXY_MARKS = 0x4000 | 0x8000
+# kube-proxy's masquerade mark is one bit, `--iptables-masquerade-bit` (default
+# 14, i.e. 0x4000); the kubelet's `--iptables-drop-bit` defaults to 15 (0x8000).
+DEFAULT_KUBE_PROXY_MASQUERADE_BIT = 14
+KUBELET_DROP_MARK = 0x8000
+# Felix's default route tables when neither RouteTableRanges nor RouteTableRange
+# is set (clientv3.DefaultFelixRouteTableRangeMin/Max, v3.26 to master).
+DEFAULT_FELIX_ROUTE_TABLES: tuple[tuple[int, int], ...] = ((1, 250),)
 
 JOOL_MAX_TIMEOUT = 0xFFFFFFFF // 1000  # Jool carries timeouts as u32 milliseconds
 
@@ -84,6 +88,13 @@ class Settings:
     hostname: str = ""
     interface_prefixes: tuple[str, ...] = ("cali",)
     felix_mark_mask: int = 0xFFFF0000
+    felix_nft_mark_mask: int = 0xFFFF0000
+    # "" when not set: Felix's default is Disabled up to v3.31 and Auto from v3.32.
+    felix_nftables_mode: str = ""
+    felix_route_table_ranges: tuple[tuple[int, int], ...] | None = None
+    felix_route_table_range: tuple[int, int] | None = None
+    felix_bpf_enabled: bool = False
+    kube_proxy_masquerade_bit: int = DEFAULT_KUBE_PROXY_MASQUERADE_BIT
 
     @property
     def active(self) -> bool:
@@ -179,10 +190,7 @@ def _pool4(text: str) -> ipaddress.IPv4Network:
 
 
 def _mark(text: str) -> int:
-    mark = v.parse_int(text, 1, 0xFFFFFFFF)
-    if mark & KUBE_PROXY_MARKS:
-        raise ValueError(f"{mark:#x} uses kube-proxy's mark bits 0x4000/0x8000")
-    return mark
+    return v.parse_int(text, 1, 0xFFFFFFFF)
 
 
 def _table(text: str) -> int:
@@ -239,7 +247,51 @@ def _iface_prefixes(text: str) -> tuple[str, ...]:
     for item in items:
         if len(item) > 14 or not item.isprintable() or any(c in item for c in '*"/'):
             raise ValueError(f"{item!r} is not a valid interface name prefix")
+        # Felix matches workload interfaces by name prefix: such a prefix would
+        # make it (and our steering rule) take the translator links for pods.
+        if _OWN_LINK_PREFIX.startswith(item) or item.startswith(_OWN_LINK_PREFIX):
+            raise ValueError(f"{item!r} matches felix-nat64's own translator links "
+                             f"({_OWN_LINK_PREFIX}<id>); Felix would treat them as workload interfaces")
     return items
+
+
+# felix_nat64.model.state.LINK_PREFIX (state imports this module, so it is
+# repeated here; a unit test keeps the two equal).
+_OWN_LINK_PREFIX = "fn64-"
+
+
+def _felix_bool(text: str) -> bool:
+    """A boolean as Felix reads it (config BoolParam: true, 1, yes, y, t); Felix
+    replaces an invalid value by the default, false, so it is false here too."""
+    return text.strip().lower() in ("true", "1", "yes", "y", "t")
+
+
+def _nftables_mode(text: str) -> str:
+    """Felix's NFTablesMode; an unknown value means Felix's default (unknown here)."""
+    mode = text.strip().lower()
+    return mode if mode in ("enabled", "disabled", "auto") else ""
+
+
+def _table_range(text: str) -> tuple[int, int]:
+    first, sep, last = text.strip().partition("-")
+    if not sep:
+        raise ValueError(f"{text.strip()!r} is not a range of route tables like 1-250")
+    low = v.parse_int(first, 1, 0xFFFFFFFF)
+    high = v.parse_int(last, 1, 0xFFFFFFFF)
+    if low > high:
+        raise ValueError(f"{low}-{high}: the first table is above the last")
+    return low, high
+
+
+def _table_ranges(text: str) -> tuple[tuple[int, int], ...]:
+    ranges = tuple(_table_range(item) for item in v.split_list(text))
+    if not ranges:
+        raise ValueError("empty list of route table ranges")
+    return ranges
+
+
+def _masquerade_bit(text: str) -> int:
+    return v.parse_int(text, 0, 31)
 
 
 SPECS: tuple[SettingSpec, ...] = (
@@ -279,7 +331,11 @@ SPECS: tuple[SettingSpec, ...] = (
                 "translator; never leaves the node unmasqueraded).", "169.254.64.0/24"),
     SettingSpec("NAT64FirewallMark", "firewall_mark", _mark,
                 "Packet mark bits used to steer pod traffic to the translators; must not overlap "
-                "Felix's IptablesMarkMask or kube-proxy's bits.", "0x1000"),
+                "Felix's IptablesMarkMask/NftablesMarkMask, kube-proxy's masquerade bit or the "
+                "kubelet's drop bit 0x8000.", "0x1000"),
+    SettingSpec("NAT64KubeProxyMasqueradeBit", "kube_proxy_masquerade_bit", _masquerade_bit,
+                "kube-proxy's --iptables-masquerade-bit (0-31); NAT64FirewallMark must not use it.",
+                "14"),
     SettingSpec("NAT64RoutingTable", "routing_table", _table,
                 "Routing table holding the routes into the translators.", "6464"),
     SettingSpec("NAT64RoutingRulePriority", "rule_priority", _priority,
@@ -300,6 +356,21 @@ SPECS: tuple[SettingSpec, ...] = (
                 "Workload interface name prefixes (Felix parameter).", "cali", felix_owned=True),
     SettingSpec("IptablesMarkMask", "felix_mark_mask", lambda t: v.parse_int(t, 0, 0xFFFFFFFF),
                 "Felix's mark bits (Felix parameter).", "0xffff0000", felix_owned=True),
+    SettingSpec("NftablesMarkMask", "felix_nft_mark_mask", lambda t: v.parse_int(t, 0, 0xFFFFFFFF),
+                "Felix's mark bits in nftables mode (Felix parameter, v3.29+).", "0xffff0000",
+                felix_owned=True),
+    SettingSpec("NFTablesMode", "felix_nftables_mode", _nftables_mode,
+                "Felix's nftables mode, which picks the mark mask in force (Felix parameter, "
+                "v3.29+). Unset: both masks are checked.", "Enabled", felix_owned=True),
+    SettingSpec("RouteTableRanges", "felix_route_table_ranges", _table_ranges,
+                "Route tables Felix owns (Felix parameter); NAT64RoutingTable must be outside. "
+                "Unset: RouteTableRange, else 1-250.", "1-250", felix_owned=True),
+    SettingSpec("RouteTableRange", "felix_route_table_range", _table_range,
+                "Felix's deprecated single route table range (Felix parameter).", "1-250",
+                felix_owned=True),
+    SettingSpec("BPFEnabled", "felix_bpf_enabled", _felix_bool,
+                "Felix's eBPF dataplane (Felix parameter). felix-nat64 does not support it: with "
+                "true it programs nothing and stays not ready.", "false", felix_owned=True),
 )
 
 SPECS_BY_LOWER: Mapping[str, SettingSpec] = {spec.key.lower(): spec for spec in SPECS}
@@ -445,6 +516,7 @@ def resolve_settings(update: ConfigView, default_hostname: str | None = None) ->
         changes["hostname"] = default_hostname if default_hostname is not None else socket.gethostname()
     settings = replace(Settings(), **changes)
     errors.extend(_cross_check(settings, origins))
+    errors.extend(_felix_cross_check(settings, origins))
     if settings.enabled and not settings.prefixes and "NAT64Enabled" in origins:
         warnings.append("NAT64Enabled is set but NAT64Prefixes is empty: NAT64 stays off")
     if errors:
@@ -455,18 +527,18 @@ def resolve_settings(update: ConfigView, default_hostname: str | None = None) ->
 _OPTIONAL_ATTRS = frozenset({"snat_address", "source_cidrs", "port_range", "mtu", "prefixes"})
 
 
+def _error_for(origins: Mapping[str, SettingOrigin], key: str, reason: str) -> SettingError:
+    """An error naming the value in force for `key` and its source, if it was set."""
+    origin = origins.get(key)
+    return SettingError(key, origin.value if origin else "", reason, origin.source if origin else "")
+
+
 def _cross_check(s: Settings, origins: Mapping[str, SettingOrigin]) -> list[SettingError]:
     errors: list[SettingError] = []
 
     def err(key: str, reason: str) -> None:
-        origin = origins.get(key)
-        errors.append(SettingError(key, origin.value if origin else "", reason,
-                                   origin.source if origin else ""))
+        errors.append(_error_for(origins, key, reason))
 
-    if s.firewall_mark & s.felix_mark_mask:
-        err("NAT64FirewallMark",
-            f"{s.firewall_mark:#x} overlaps Felix's IptablesMarkMask {s.felix_mark_mask:#x}; "
-            "pick bits outside it")
     if s.snat_address is not None and s.snat_address in s.pool4_cidr:
         err("NAT64SNATAddress", f"{s.snat_address} is inside NAT64Pool4CIDR {s.pool4_cidr}")
     parents = {p.supernet(new_prefix=96) if p.prefixlen > 96 else p for p in s.prefixes}
@@ -478,4 +550,58 @@ def _cross_check(s: Settings, origins: Mapping[str, SettingOrigin]) -> list[Sett
         for cidr in s.source_cidrs or ():
             if prefix.overlaps(cidr):
                 err("NAT64SourceCIDRs", f"{cidr} overlaps NAT64 prefix {prefix}")
+    return errors
+
+
+def felix_mark_masks(s: Settings) -> tuple[tuple[str, int], ...]:
+    """Felix's mark masks that may be in force on this node, by name.
+
+    Felix takes its marks from NftablesMarkMask in nftables mode and from
+    IptablesMarkMask otherwise (config_params.go MarkMask()). With NFTablesMode
+    Auto, or unset (Auto is the default from v3.32), the mode depends on how
+    kube-proxy runs on the node, so both masks count.
+    """
+    if s.felix_nftables_mode == "enabled":
+        return (("NftablesMarkMask", s.felix_nft_mark_mask),)
+    if s.felix_nftables_mode == "disabled":
+        return (("IptablesMarkMask", s.felix_mark_mask),)
+    return (("IptablesMarkMask", s.felix_mark_mask), ("NftablesMarkMask", s.felix_nft_mark_mask))
+
+
+def felix_route_tables(s: Settings) -> tuple[tuple[int, int], ...]:
+    """The route tables Felix owns, as it resolves them (config_params.go
+    RouteTableIndices): RouteTableRanges, else RouteTableRange, else 1-250."""
+    if s.felix_route_table_ranges:
+        return s.felix_route_table_ranges
+    if s.felix_route_table_range is not None:
+        return (s.felix_route_table_range,)
+    return DEFAULT_FELIX_ROUTE_TABLES
+
+
+def _felix_cross_check(s: Settings, origins: Mapping[str, SettingOrigin]) -> list[SettingError]:
+    """Our marks and routing table against what Felix and kube-proxy own."""
+    errors: list[SettingError] = []
+
+    def err(key: str, reason: str) -> None:
+        errors.append(_error_for(origins, key, reason))
+
+    overlapping = [f"{name} {mask:#x}" for name, mask in felix_mark_masks(s) if s.firewall_mark & mask]
+    if overlapping:
+        err("NAT64FirewallMark", f"{s.firewall_mark:#x} overlaps Felix's {' and '.join(overlapping)}; "
+                                 "pick bits outside it")
+    masquerade = 1 << s.kube_proxy_masquerade_bit
+    taken = []
+    if s.firewall_mark & masquerade:
+        taken.append(f"kube-proxy's masquerade mark {masquerade:#x} "
+                     f"(NAT64KubeProxyMasqueradeBit {s.kube_proxy_masquerade_bit})")
+    if s.firewall_mark & KUBELET_DROP_MARK:
+        taken.append(f"the kubelet's drop mark {KUBELET_DROP_MARK:#x}")
+    if taken:
+        err("NAT64FirewallMark", f"{s.firewall_mark:#x} uses {' and '.join(taken)}; "
+                                 "pick bits kube-proxy does not use")
+    for low, high in felix_route_tables(s):
+        if low <= s.routing_table <= high:
+            err("NAT64RoutingTable", f"{s.routing_table} is inside Felix's route tables {low}-{high} "
+                                     "(RouteTableRanges); pick a table outside them")
+            break
     return errors

@@ -23,14 +23,16 @@ def _default(attr: str) -> str:
         return "unset"
     if attr in _DURATIONS:
         return format_duration(float(value))  # type: ignore[arg-type]
-    if attr in ("firewall_mark", "felix_mark_mask"):
+    if attr in ("firewall_mark", "felix_mark_mask", "felix_nft_mark_mask"):
         return f"{value:#x}"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, tuple):
         return ",".join(map(str, value)) or "empty (NAT64 off)"
-    if value == "":
+    if attr == "hostname":
         return "the node's hostname"
+    if value == "":
+        return "unset"
     return str(value)
 
 

@@ -73,6 +73,9 @@ class NAT64Collector(Collector):
                      1 if snap["ready"] else 0)
         yield _gauge("settings_errors", "Settings rejected in Felix's last ConfigUpdate.",
                      len(snap["settings_errors"]))
+        yield _gauge("unsupported_dataplane", "1 when this node's Calico dataplane is one felix-nat64 "
+                     "cannot work with (the eBPF dataplane): nothing is programmed.",
+                     1 if snap["unsupported_dataplane"] else 0)
         yield _counter("settings_rejections", "ConfigUpdates whose settings were rejected.",
                        snap["settings_rejections"])
         yield _gauge("config_warnings", "Configuration warnings (e.g. no IP pool covering a prefix).",

@@ -48,6 +48,7 @@ class StatusBoard:
             "origins": {},
             "desired": None,
             "desired_error": "",
+            "unsupported_dataplane": "",
             "warnings": [],
             "last_apply": None,
             "last_success_at": None,
@@ -99,8 +100,10 @@ class StatusBoard:
             reasons.append("invalid settings: " + "; ".join(d["settings_errors"]))
         if d["desired_error"]:
             reasons.append(d["desired_error"])
+        if d["unsupported_dataplane"]:
+            reasons.append(d["unsupported_dataplane"])
         if d["in_sync"] and d["first_apply_after_sync"] is None and not d["desired_error"] \
-                and d["settings_ok"] is not False:
+                and not d["unsupported_dataplane"] and d["settings_ok"] is not False:
             reasons.append("dataplane not yet applied")
         last = d["last_apply"]
         if last is not None and not last.ok:

@@ -4,14 +4,18 @@ import ipaddress
 import queue
 import threading
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from prometheus_client import generate_latest
 
+from felix_nat64.cli.main import main
 from felix_nat64.dataplane.loop import DataplaneLoop, LoopOptions, StreamEnd
 from felix_nat64.drivers.api import ApplyOutcome, DataplaneError
 from felix_nat64.model.state import DesiredState
-from felix_nat64.observe.status import StatusBoard
+from felix_nat64.observe.metrics import ApplyTimes, NAT64Collector, registry_for
+from felix_nat64.observe.status import StatusBoard, write_status_file
 from felix_nat64.wire import messages as m
 
 N6 = ipaddress.IPv6Network
@@ -244,3 +248,79 @@ def test_configuration_warnings_are_logged_once(caplog: pytest.LogCaptureFixture
         loop.step()
     warned = [r for r in caplog.records if r.getMessage() == "configuration warning"]
     assert len(warned) == 1
+
+
+# -- Calico's eBPF dataplane: refused, loudly --------------------------------------
+
+
+def test_bpf_dataplane_programs_nothing_and_says_why() -> None:
+    dp = RecordingDataplane()
+    events = [config(NAT64Prefixes="64:ff9b::/96", BPFEnabled="true"), pool("fd00::/64"), m.InSync()]
+    _, status, _ = run_loop(events, dp, settle=0.3)
+    # Not applied, and the kernel was not even read.
+    assert dp.applied == [] and dp.adopt_calls == 0
+    ready, reasons = status.readiness()
+    assert not ready
+    assert len(reasons) == 1 and "BPFEnabled=true" in reasons[0] and "programs nothing" in reasons[0]
+    assert status.snapshot()["unsupported_dataplane"] == reasons[0]
+
+
+def test_bpf_refusal_shows_in_metrics_and_the_status_command(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    dp = RecordingDataplane()
+    _, status, _ = run_loop([config(NAT64Prefixes="64:ff9b::/96", BPFEnabled="true"), m.InSync()], dp,
+                            settle=0.2)
+    text = generate_latest(registry_for(NAT64Collector(status, lambda: None, ApplyTimes(), "n"))).decode()
+    assert "calico_nat64_unsupported_dataplane 1.0" in text and "calico_nat64_ready 0.0" in text
+    path = str(tmp_path / "status.json")
+    write_status_file(path, status.snapshot())
+    assert main(["status", "--no-kernel", "--status-file", path]) == 4
+    assert "BPFEnabled=true" in capsys.readouterr().out
+
+
+def test_supported_dataplane_metric_is_zero() -> None:
+    dp = RecordingDataplane()
+    _, status, _ = run_loop([config(NAT64Prefixes="64:ff9b::/96"), m.InSync()], dp, settle=0.2)
+    text = generate_latest(registry_for(NAT64Collector(status, lambda: None, ApplyTimes(), "n"))).decode()
+    assert "calico_nat64_unsupported_dataplane 0.0" in text and "calico_nat64_ready 1.0" in text
+
+
+def test_bpf_refusal_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    dp = RecordingDataplane()
+    q: queue.Queue[object] = queue.Queue()
+    loop = DataplaneLoop(q, dp, StatusBoard(), options=FAST)  # type: ignore[arg-type]
+    for e in (config(NAT64Prefixes="64:ff9b::/96", BPFEnabled="true"), m.InSync()):
+        loop.handle(e)  # type: ignore[arg-type]
+    with caplog.at_level("INFO"):
+        loop.step()
+        loop.handle(pool("fd00::/64"))
+        loop.step()
+    event = "unsupported Calico dataplane, programming nothing"
+    refusals = [r for r in caplog.records if r.getMessage() == event]
+    assert len(refusals) == 1 and refusals[0].levelname == "ERROR"
+    assert dp.applied == []
+
+
+def test_bpf_off_again_programs_as_usual() -> None:
+    # Felix restarts for a BPFEnabled change; a live ConfigUpdate is handled the same way.
+    dp = RecordingDataplane()
+    status = StatusBoard()
+    q: queue.Queue[object] = queue.Queue()
+    loop = DataplaneLoop(q, dp, status, options=FAST)  # type: ignore[arg-type]
+    for e in (config(NAT64Prefixes="64:ff9b::/96", BPFEnabled="true"), pool("fd00::/64"), m.InSync()):
+        loop.handle(e)  # type: ignore[arg-type]
+    loop.step()
+    assert dp.applied == [] and status.get("unsupported_dataplane")
+    loop.handle(config(NAT64Prefixes="64:ff9b::/96", BPFEnabled="false"))
+    loop.step()
+    assert len(dp.applied) == 1 and dp.applied[0].active
+    assert status.get("unsupported_dataplane") == ""
+    assert status.readiness() == (True, [])
+
+
+def test_bpf_refusal_wins_over_nat64_being_off() -> None:
+    # Even with NAT64 off the node is reported: NAT64 could not be turned on there.
+    dp = RecordingDataplane()
+    _, status, _ = run_loop([config(BPFEnabled="true"), m.InSync()], dp, settle=0.2)
+    assert dp.applied == []
+    assert not status.readiness()[0]

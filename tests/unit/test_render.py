@@ -151,3 +151,17 @@ def test_stream_dump_and_build_cli(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_bad_scenarios(scenario: object, message: str) -> None:
     with pytest.raises(ScenarioError, match=message):
         build_scenario(scenario)
+
+
+def test_bpf_dataplane_renders_nothing_and_says_why(capsys: pytest.CaptureFixture[str],
+                                                   tmp_path: Path) -> None:
+    # As the operator sets it for linuxDataplane: BPF: in FelixConfiguration `default`.
+    b = StreamBuilder().config({"datastore (global)": {"BPFEnabled": "true"},
+                                "environment variable": {"nat64prefixes": "64:ff9b::/96"}})
+    path = tmp_path / "bpf.stream"
+    path.write_bytes(b.pool("fd00::/64").in_sync().data())
+    assert main(["render", str(path)]) == 3
+    report = json.loads(capsys.readouterr().out)
+    assert report["settings"]["ok"] is True
+    assert report["desired"] is None and report["program"] is None
+    assert "BPFEnabled=true" in report["desired_error"]

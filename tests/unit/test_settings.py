@@ -3,8 +3,10 @@ from types import MappingProxyType
 
 import pytest
 
+from felix_nat64.model import settings as settings_module
 from felix_nat64.model import values
 from felix_nat64.model.settings import SPECS, Settings, resolve_settings, source_rank
+from felix_nat64.model.state import LINK_PREFIX
 from felix_nat64.wire.messages import ConfigUpdate, RawConfigSource
 
 
@@ -92,7 +94,8 @@ def test_enabled_false_keeps_prefixes_but_turns_off() -> None:
     ("NAT64ICMPTimeout", "1.5s", ("icmp_timeout", 1.5)),
     ("NAT64Pool4CIDR", "100.127.0.0/24", ("pool4_cidr", ipaddress.IPv4Network("100.127.0.0/24"))),
     ("NAT64FirewallMark", "0x200", ("firewall_mark", 0x200)),
-    ("NAT64RoutingTable", "100", ("routing_table", 100)),
+    ("NAT64RoutingTable", "1000", ("routing_table", 1000)),
+    ("NAT64RoutingTable", "251", ("routing_table", 251)),
     ("NAT64RoutingRulePriority", "50", ("rule_priority", 50)),
     ("NAT64ResyncInterval", "5s", ("resync_interval", 5.0)),
     ("NAT64MetricsHost", "0.0.0.0", ("metrics_host", "0.0.0.0")),
@@ -103,6 +106,17 @@ def test_enabled_false_keeps_prefixes_but_turns_off() -> None:
     ("FelixHostname", "worker-7", ("hostname", "worker-7")),
     ("InterfacePrefix", "cali,tap", ("interface_prefixes", ("cali", "tap"))),
     ("IptablesMarkMask", "0xff000000", ("felix_mark_mask", 0xFF000000)),
+    ("NftablesMarkMask", "4278190080", ("felix_nft_mark_mask", 0xFF000000)),
+    ("NFTablesMode", "Enabled", ("felix_nftables_mode", "enabled")),
+    ("NFTablesMode", "Sometimes", ("felix_nftables_mode", "")),
+    ("RouteTableRanges", "1-100,300-400", ("felix_route_table_ranges", ((1, 100), (300, 400)))),
+    ("RouteTableRange", "1-250", ("felix_route_table_range", (1, 250))),
+    ("BPFEnabled", "true", ("felix_bpf_enabled", True)),
+    ("BPFEnabled", "T", ("felix_bpf_enabled", True)),
+    ("BPFEnabled", "false", ("felix_bpf_enabled", False)),
+    # Felix replaces an invalid boolean by the default, false.
+    ("BPFEnabled", "maybe", ("felix_bpf_enabled", False)),
+    ("NAT64KubeProxyMasqueradeBit", "13", ("kube_proxy_masquerade_bit", 13)),
 ])
 def test_good_values(key: str, value: str, expected: tuple[str, object]) -> None:
     attr, want = expected
@@ -132,10 +146,17 @@ def test_good_values(key: str, value: str, expected: tuple[str, object]) -> None
     ("NAT64Pool4CIDR", "10.0.0.0/30", "too small"),
     ("NAT64Pool4CIDR", "fd00::/64", "IPv6 CIDR where an IPv4"),
     ("NAT64Pool4CIDR", "224.0.0.0/24", "not a usable unicast"),
-    ("NAT64FirewallMark", "0x4000", "kube-proxy"),
+    ("NAT64FirewallMark", "0x4000", "kube-proxy's masquerade mark 0x4000"),
+    ("NAT64FirewallMark", "0x8000", "drop mark 0x8000"),
     ("NAT64FirewallMark", "0x10000", "overlaps Felix's IptablesMarkMask"),
     ("NAT64FirewallMark", "0", "out of range"),
     ("NAT64RoutingTable", "254", "kernel's own tables"),
+    ("NAT64RoutingTable", "100", "inside Felix's route tables 1-250"),
+    ("NAT64KubeProxyMasqueradeBit", "32", "out of range"),
+    ("RouteTableRanges", "1-x", "expected an integer"),
+    ("RouteTableRanges", "200-100", "first table is above the last"),
+    ("RouteTableRange", "100", "not a range of route tables"),
+    ("NftablesMarkMask", "mask", "expected an integer"),
     ("NAT64RoutingRulePriority", "40000", "out of range"),
     ("NAT64ResyncInterval", "0s", "1s to 1h"),
     ("NAT64MetricsPort", "9099", "used by Calico"),
@@ -143,6 +164,9 @@ def test_good_values(key: str, value: str, expected: tuple[str, object]) -> None
     ("NAT64MetricsHost", "my-host", "expected an IP address"),
     ("NAT64LogFormat", "xml", "one of: keyvalue, json"),
     ("InterfacePrefix", "ca*li", "not a valid interface name prefix"),
+    ("InterfacePrefix", "cali,fn", "matches felix-nat64's own translator links"),
+    ("InterfacePrefix", "fn64-", "matches felix-nat64's own translator links"),
+    ("InterfacePrefix", "fn64-1a", "matches felix-nat64's own translator links"),
 ])
 def test_bad_values_name_key_value_and_reason(key: str, value: str, reason: str) -> None:
     errs = errors(resolved(**{key: value}))
@@ -234,3 +258,80 @@ class TestValueParsers:
     @pytest.mark.parametrize("seconds,text", [(7440, "2h4m"), (60, "1m"), (0, "0s"), (3601, "1h1s")])
     def test_format_duration(self, seconds: float, text: str) -> None:
         assert values.format_duration(seconds) == text
+
+
+class TestFelixCrossChecks:
+    """Our mark and table against what Felix (and kube-proxy) own, per Felix's mode."""
+
+    def test_the_link_prefix_checked_is_the_one_the_driver_uses(self) -> None:
+        assert settings_module._OWN_LINK_PREFIX == LINK_PREFIX
+
+    @pytest.mark.parametrize("prefix", ["eni", "gke", "azv", "cali,tap", "f0", "fn65"])
+    def test_other_prefixes_are_fine(self, prefix: str) -> None:
+        assert ok(resolved(InterfacePrefix=prefix)).interface_prefixes == tuple(prefix.split(","))
+
+    @pytest.mark.parametrize("mode,iptables_mask,nft_mask,bad", [
+        # nftables mode: only NftablesMarkMask counts.
+        ("Enabled", "0xffff0000", "0xff00", "NftablesMarkMask 0xff00"),
+        # iptables mode: only IptablesMarkMask counts.
+        ("Disabled", "0xff00", "0xffff0000", "IptablesMarkMask 0xff00"),
+        # Auto (v3.32+ default) or unset: the mode depends on kube-proxy, so both count.
+        ("Auto", "0xffff0000", "0xff00", "NftablesMarkMask 0xff00"),
+        ("", "0xff00", "0xffff0000", "IptablesMarkMask 0xff00"),
+    ])
+    def test_mark_against_the_mask_in_force(self, mode: str, iptables_mask: str, nft_mask: str,
+                                            bad: str) -> None:
+        update = {"NAT64FirewallMark": "0x1000", "IptablesMarkMask": iptables_mask,
+                  "NftablesMarkMask": nft_mask}
+        if mode:
+            update["NFTablesMode"] = mode
+        (err,) = errors(resolved(**update))
+        assert "NAT64FirewallMark" in err and f"overlaps Felix's {bad}" in err
+
+    @pytest.mark.parametrize("mode,iptables_mask,nft_mask", [
+        ("Enabled", "0xff00", "0xffff0000"),  # iptables mask unused in nftables mode
+        ("Disabled", "0xffff0000", "0xff00"),  # and the other way round
+    ])
+    def test_the_mask_not_in_force_is_ignored(self, mode: str, iptables_mask: str, nft_mask: str) -> None:
+        s = ok(resolved(NAT64FirewallMark="0x1000", IptablesMarkMask=iptables_mask,
+                        NftablesMarkMask=nft_mask, NFTablesMode=mode))
+        assert s.firewall_mark == 0x1000
+
+    def test_both_masks_named_when_both_overlap(self) -> None:
+        (err,) = errors(resolved(NAT64FirewallMark="0x10000"))
+        assert "IptablesMarkMask 0xffff0000 and NftablesMarkMask 0xffff0000" in err
+
+    def test_masquerade_bit_is_configurable(self) -> None:
+        # kube-proxy moved to bit 12: 0x4000 becomes free and 0x1000 (our default) does not.
+        moved = ok(resolved(NAT64KubeProxyMasqueradeBit="12", NAT64FirewallMark="0x4000"))
+        assert moved.firewall_mark == 0x4000
+        (err,) = errors(resolved(NAT64KubeProxyMasqueradeBit="12"))
+        assert "NAT64FirewallMark" in err and "masquerade mark 0x1000 (NAT64KubeProxyMasqueradeBit 12)" in err
+
+    @pytest.mark.parametrize("config,table,ok_", [
+        ({}, 250, False),  # Felix's default 1-250
+        ({}, 251, True),
+        ({"RouteTableRange": "1-100"}, 150, True),
+        ({"RouteTableRange": "1-100"}, 100, False),
+        # RouteTableRanges wins over the deprecated RouteTableRange, as in Felix.
+        ({"RouteTableRange": "1-100", "RouteTableRanges": "200-300,6000-7000"}, 100, True),
+        ({"RouteTableRange": "1-100", "RouteTableRanges": "200-300,6000-7000"}, 6464, False),
+        ({"RouteTableRanges": "1-250"}, 6464, True),
+    ])
+    def test_routing_table_against_felix_route_tables(self, config: dict[str, str], table: int,
+                                                      ok_: bool) -> None:
+        update = resolved(NAT64RoutingTable=str(table), **config)
+        if ok_:
+            assert ok(update).routing_table == table
+        else:
+            (err,) = errors(update)
+            assert "NAT64RoutingTable" in err and "inside Felix's route tables" in err
+
+    def test_known_felix_parameters_arrive_under_their_canonical_name(self) -> None:
+        # Felix resolves its own parameters to their canonical names in
+        # ConfigUpdate.config, while the per-source maps keep each source's
+        # spelling (lower case for the environment).
+        update = sourced(env={"bpfenabled": "true", "nftablesmarkmask": "0xff000000"},
+                         glob={"BPFEnabled": "false"})
+        s = ok(update)
+        assert s.felix_bpf_enabled and s.felix_nft_mark_mask == 0xFF000000

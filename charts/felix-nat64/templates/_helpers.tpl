@@ -92,6 +92,7 @@ icmpTimeout: NAT64ICMPTimeout
 pool4CIDR: NAT64Pool4CIDR
 pool4PortRange: NAT64Pool4PortRange
 firewallMark: NAT64FirewallMark
+kubeProxyMasqueradeBit: NAT64KubeProxyMasqueradeBit
 routingTable: NAT64RoutingTable
 routingRulePriority: NAT64RoutingRulePriority
 resyncInterval: NAT64ResyncInterval
