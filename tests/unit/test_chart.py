@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 import felix_nat64
-from felix_nat64.model.settings import SPECS, resolve_settings
+from felix_nat64.model.settings import SPECS, SettingsResult, resolve_settings
 from felix_nat64.wire.messages import ConfigUpdate, RawConfigSource
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,8 +152,11 @@ GOOD_OVERRIDES: list[dict[str, Any]] = [
     {"metrics": {"host": "hostIP"}},
     {"metrics": {"port": 0}},
     {"updateStrategy": {"maxUnavailable": "20%"}},
-    {"felix": {"extraEnv": [{"name": "FELIX_INTERFACEPREFIX", "value": "cali,tap"},
-                            {"name": "FELIX_IPV6SUPPORT", "value": "true"}]}},
+    {"felix": {"interfacePrefix": "cali,tap",
+               "extraEnv": [{"name": "FELIX_IPV6SUPPORT", "value": "true"},
+                            {"name": "FELIX_BPFENABLED", "value": "false"}]}},
+    {"felix": {"interfacePrefix": "eni", "iptablesMarkMask": "0xffff0000", "nftablesMarkMask": 4278190080,
+               "nftablesMode": "Auto"}},
     {"restartToken": 1700000000},
     {"datastore": "typha", "typha": {"tls": {"enabled": True, "certSecret": "calico-felix-certs",
                                              "certKey": "felix.crt", "keyKey": "felix.key",
@@ -204,6 +207,11 @@ BAD_OVERRIDES: list[tuple[dict[str, Any], str]] = [
     ({"felix": {"extraEnv": [{"name": "FELIX_DataplaneDriver", "value": "/bin/true"}]}}, "name"),
     ({"felix": {"extraEnv": [{"name": "FELIX_TYPHAADDR", "value": "10.0.0.1:5473"}]}}, "name"),
     ({"felix": {"extraEnv": [{"value": "x"}]}}, "name"),
+    ({"felix": {"interfacePrefix": "cali*"}}, "interfacePrefix"),
+    ({"felix": {"interfacePrefix": "cali,,tap"}}, "interfacePrefix"),
+    ({"felix": {"iptablesMarkMask": "ffff0000"}}, "iptablesMarkMask"),
+    ({"felix": {"nftablesMarkMask": 0}}, "nftablesMarkMask"),
+    ({"felix": {"nftablesMode": "enabled"}}, "nftablesMode"),
     ({"updateStrategy": {"maxUnavailable": 0}}, "maxUnavailable"),
     ({"typha": {"tls": {"enabled": "true"}}}, "enabled"),
     ({"image": {"digest": "sha256:abc"}}, "digest"),
@@ -229,6 +237,19 @@ def test_bad_values_are_rejected_by_the_schema_and_by_helm(override: dict[str, A
     ({"typha": {"tls": {"commonName": "", "uriSAN": ""}}}, "commonName or uriSAN"),
     ({"typha": {"tls": {"certSecret": ""}}}, "certSecret"),
     ({"apiServer": {"host": "10.0.0.1"}}, "both host and port"),
+    ({"felix": {"extraEnv": [{"name": "FELIX_WIREGUARDENABLED", "value": "false"}]}},
+     "FELIX_WIREGUARDENABLED is refused"),
+    ({"felix": {"extraEnv": [{"name": "felix_wireguardHostEncryptionEnabled", "value": "true"}]}},
+     "felix_wireguardHostEncryptionEnabled is refused"),
+    ({"felix": {"extraEnv": [{"name": "FELIX_WIREGUARDINTERFACENAME", "value": "wireguard.cali"}]}},
+     "never deletes the node's WireGuard device"),
+    ({"felix": {"extraEnv": [{"name": "FELIX_DBG_WGBOOTSTRAP", "value": "1"}]}}, "is refused"),
+    ({"felix": {"extraEnv": [{"name": "FELIX_INTERFACEPREFIX", "value": "eni"}]}},
+     "set FELIX_INTERFACEPREFIX with felix.interfacePrefix instead"),
+    ({"felix": {"extraEnv": [{"name": "Felix_NftablesMarkMask", "value": "0xff000000"}]}},
+     "with felix.nftablesMarkMask instead"),
+    ({"felix": {"interfacePrefix": "cali,fn"}}, "\"fn\" would match felix-nat64's own translator links"),
+    ({"felix": {"interfacePrefix": "fn64-a"}}, "would match felix-nat64's own translator links"),
 ])
 def test_combinations_that_cannot_work_fail_to_render(override: dict[str, Any], message: str) -> None:
     with pytest.raises(render_script.RenderError, match=re.escape(message)):
@@ -277,7 +298,7 @@ def test_operator_mode_uses_the_operators_typha_credentials() -> None:
 
 
 def test_typha_mode_with_tls_uses_the_given_secrets() -> None:
-    override = GOOD_OVERRIDES[8]
+    override = GOOD_OVERRIDES[9]
     objects = render(override)
     env = env_of(main_container(objects))
     volumes = {v["name"]: v for v in pod_spec(objects)["volumes"]}
@@ -341,6 +362,79 @@ def test_shadow_felix_cannot_disturb_calico_node(mode: str) -> None:
     assert env["FELIX_FELIXHOSTNAME"] == NODE_NAME and env["NODENAME"] == NODE_NAME
     # Felix's own health and metrics ports stay closed; the driver's port is not Calico's.
     assert int(env["FELIX_NAT64METRICSPORT"]) not in {9091, 9093, 9094, 9098, 9099}
+
+
+# Felix's WireGuard settings under which its start-up bootstrap returns before
+# it touches netlink or the datastore (felix/wireguard/bootstrap.go:207-220 at
+# v3.26.0 to master; docs/install.md, "WireGuard").
+WIREGUARD_DISARMED = {
+    "FELIX_WIREGUARDENABLED": "true",
+    "FELIX_WIREGUARDENABLEDV6": "true",
+    "FELIX_WIREGUARDHOSTENCRYPTIONENABLED": "false",
+}
+# Felix's iface-param format (felix/config/config_params.go IfaceParamRegexp).
+FELIX_IFACE_NAME = re.compile(r"^[a-zA-Z0-9:._+-]{1,15}$")
+
+
+def _rendered_felix_envs() -> Iterator[tuple[str, dict[str, Any]]]:
+    """The second Felix's environment in every way the chart can render it."""
+    for mode in MODES:
+        yield mode, env_of(main_container(render({"datastore": mode})))
+        yield f"{mode}+values", env_of(main_container(render({
+            "datastore": mode, "nat64": {"prefixes": ["64:ff9b::/96"]},
+            "felix": {"interfacePrefix": "eni", "nftablesMode": "Enabled",
+                      "extraEnv": [{"name": "FELIX_IPV6SUPPORT", "value": "true"}]}})))
+    yield "typha+tls", env_of(main_container(render(GOOD_OVERRIDES[9])))
+    manifest = [o for o in yaml.safe_load_all(MANIFEST.read_text()) if o]
+    yield "static manifest", env_of(main_container(manifest))
+
+
+def test_wireguard_bootstrap_is_disarmed_in_every_rendered_mode() -> None:
+    seen = []
+    for what, env in _rendered_felix_envs():
+        seen.append(what)
+        for name, value in WIREGUARD_DISARMED.items():
+            assert env[name] == value, (what, name)
+        for name in ("FELIX_WIREGUARDINTERFACENAME", "FELIX_WIREGUARDINTERFACENAMEV6"):
+            # A valid name (Felix refuses none and empty: "non-zero"), and not one of
+            # calico-node's devices (Felix's defaults), should anything ever act on it.
+            assert FELIX_IFACE_NAME.match(env[name]), (what, name)
+            assert env[name] not in {"wireguard.cali", "wg-v6.cali"}, (what, name)
+        assert "FELIX_DBG_WGBOOTSTRAP" not in {n.upper() for n in env}, what
+    assert len(seen) == 2 * len(MODES) + 2
+
+
+def test_mirrored_felix_settings_render_only_when_set() -> None:
+    env = env_of(main_container(render()))
+    assert not {"FELIX_INTERFACEPREFIX", "FELIX_IPTABLESMARKMASK", "FELIX_NFTABLESMARKMASK",
+                "FELIX_NFTABLESMODE"} & env.keys()
+    env = env_of(main_container(render(GOOD_OVERRIDES[7])))
+    assert env["FELIX_INTERFACEPREFIX"] == "eni"
+    assert env["FELIX_IPTABLESMARKMASK"] == "0xffff0000"
+    assert env["FELIX_NFTABLESMARKMASK"] == "4278190080"
+    assert env["FELIX_NFTABLESMODE"] == "Auto"
+
+
+def test_mirrored_felix_settings_reach_the_driver_checks() -> None:
+    # Felix forwards its own parameters too: the driver then checks its mark
+    # against the mask in force and steers the right interfaces.
+    env = env_of(main_container(render({"felix": {"interfacePrefix": "eni,tap", "nftablesMode": "Enabled",
+                                                   "nftablesMarkMask": "0xff00"}})))
+    forwarded = {k.removeprefix("FELIX_").lower(): v for k, v in env.items()
+                 if k.startswith("FELIX_") and isinstance(v, str)}
+
+    def resolved(env: dict[str, str]) -> SettingsResult:
+        update = ConfigUpdate(MappingProxyType({}),
+                              (RawConfigSource("environment variable", MappingProxyType(env)),))
+        return resolve_settings(update, default_hostname="node-1")
+
+    result = resolved(forwarded)
+    # The default NAT64FirewallMark 0x1000 is inside that nftables mask.
+    assert [e.key for e in result.errors] == ["NAT64FirewallMark"]
+    assert "NftablesMarkMask 0xff00" in result.errors[0].reason
+    settings = resolved({**forwarded, "nat64firewallmark": "0x10000000"}).settings
+    assert settings is not None and settings.interface_prefixes == ("eni", "tap")
+    assert not settings.felix_bpf_enabled
 
 
 def test_pod_shape_and_privileges() -> None:

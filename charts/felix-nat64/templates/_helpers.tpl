@@ -100,6 +100,18 @@ logLevel: NAT64LogLevel
 logFormat: NAT64LogFormat
 {{- end -}}
 
+{{/*
+Felix parameters calico-node may get from its environment rather than from
+FelixConfiguration (the operator sets FELIX_INTERFACEPREFIX for the Amazon VPC,
+GKE and Azure CNIs): felix value key -> environment variable.
+*/}}
+{{- define "felix-nat64.mirroredKeys" -}}
+interfacePrefix: FELIX_INTERFACEPREFIX
+iptablesMarkMask: FELIX_IPTABLESMARKMASK
+nftablesMarkMask: FELIX_NFTABLESMARKMASK
+nftablesMode: FELIX_NFTABLESMODE
+{{- end -}}
+
 {{/* One setting as Felix reads it: lists comma-joined, whole numbers without exponent. */}}
 {{- define "felix-nat64.settingText" -}}
 {{- if kindIs "slice" . -}}
@@ -180,6 +192,36 @@ reports, no log file.
   value: none
 - name: FELIX_LOGSEVERITYSCREEN
   value: {{ .Values.felix.logSeverity | quote }}
+{{- /*
+Felix runs its WireGuard bootstrap while it discovers Typha, in every
+datastore mode and with any dataplane driver (felix/daemon/daemon.go, the
+post-discovery filter). With WireGuard off it deletes the WireGuard device and
+clears the Node's public key; with host encryption on it may do the same.
+Enabled with host encryption off is the one combination where it returns
+before touching netlink or the datastore (felix/wireguard/bootstrap.go,
+bootstrapAndFilterTyphaAddressesForIPVersion; v3.26 to master). The device
+names are ones nothing uses, so even a path we did not foresee could not
+reach calico-node's devices. docs/install.md cites the lines per release.
+*/}}
+- name: FELIX_WIREGUARDENABLED
+  value: "true"
+- name: FELIX_WIREGUARDENABLEDV6
+  value: "true"
+- name: FELIX_WIREGUARDHOSTENCRYPTIONENABLED
+  value: "false"
+- name: FELIX_WIREGUARDINTERFACENAME
+  value: wg.nat64-off
+- name: FELIX_WIREGUARDINTERFACENAMEV6
+  value: wg6.nat64-off
+{{- /* Felix settings calico-node may keep in its own environment. */}}
+{{- range $line := include "felix-nat64.mirroredKeys" . | splitList "\n" }}
+{{- $valueKey := trim (first (splitList ":" $line)) }}
+{{- $value := index $.Values.felix $valueKey }}
+{{- if not (or (kindIs "invalid" $value) (eq (toString $value) "")) }}
+- name: {{ trim (last (splitList ":" $line)) }}
+  value: {{ include "felix-nat64.settingText" $value | quote }}
+{{- end }}
+{{- end }}
 {{- if include "felix-nat64.usesTypha" . }}
 - name: FELIX_TYPHAK8SSERVICENAME
   value: {{ .Values.typha.serviceName | quote }}
@@ -252,5 +294,22 @@ reports, no log file.
 {{- end -}}
 {{- if ne (empty .Values.apiServer.host) (empty (toString .Values.apiServer.port)) -}}
 {{- fail "apiServer: set both host and port, or neither" -}}
+{{- end -}}
+{{- range $env := .Values.felix.extraEnv -}}
+{{- $name := upper $env.name -}}
+{{- if or (hasPrefix "FELIX_WIREGUARD" $name) (eq $name "FELIX_DBG_WGBOOTSTRAP") -}}
+{{- fail (printf "felix.extraEnv: %s is refused: the chart fixes the second Felix's WireGuard settings so that its start-up WireGuard bootstrap never deletes the node's WireGuard device or clears the Node's public key (docs/install.md, \"WireGuard\"); calico-node's own WireGuard settings are unaffected" $env.name) -}}
+{{- end -}}
+{{- range $line := include "felix-nat64.mirroredKeys" $ | splitList "\n" -}}
+{{- if eq $name (trim (last (splitList ":" $line))) -}}
+{{- fail (printf "felix.extraEnv: set %s with felix.%s instead" $env.name (trim (first (splitList ":" $line)))) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $prefix := splitList "," (toString (.Values.felix.interfacePrefix | default "")) -}}
+{{- $prefix = trim $prefix -}}
+{{- if and $prefix (or (hasPrefix $prefix "fn64-") (hasPrefix "fn64-" $prefix)) -}}
+{{- fail (printf "felix.interfacePrefix: %q would match felix-nat64's own translator links (fn64-<id>): Felix would treat them as workload interfaces" $prefix) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
