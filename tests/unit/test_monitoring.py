@@ -45,6 +45,7 @@ DASHBOARD = CHART / "dashboards" / "felix-nat64.json"
 ALERT_TESTS = Path(__file__).parent / "promtool" / "alerts.test.yaml"
 # Where metric names may appear: what operators read and what the chart ships.
 NAMED_IN = (REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")),
+            *sorted((REPO / "docs" / "diagrams").glob("*.dot")),
             *sorted(p for p in CHART.rglob("*") if p.is_file()), *sorted((REPO / "deploy").glob("*.yaml")),
             ALERT_TESTS)
 METRIC = re.compile(r"\bcalico_nat64_[a-z0-9_]*[a-z0-9]\b")
@@ -151,6 +152,11 @@ def test_every_metric_named_in_docs_and_chart_is_exported() -> None:
 def test_every_jool_stat_named_in_docs_and_chart_exists() -> None:
     unknown = [f"{where}: {name}" for where, _, name in occurrences(JSTAT) if name not in JOOL_STATS]
     assert not unknown, "Jool stat names felix-nat64 does not decode:\n" + "\n".join(unknown)
+
+
+def test_follow_the_packet_shows_every_nftables_counter_and_no_other() -> None:
+    source = (REPO / "docs" / "diagrams" / "packet-counters.dot").read_text()
+    assert set(re.findall(r'rule=\\"(\w+)\\"', source)) == set(COUNTERS)
 
 
 # -- PromQL found in the chart and the docs ------------------------------------------

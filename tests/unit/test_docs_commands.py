@@ -1,0 +1,308 @@
+"""What the docs tell operators to type exists in the code.
+
+Every `felix-nat64` command line in the docs (code blocks and inline code) is
+checked against the real argparse parser, every NAT64 setting name against
+the settings specs, every `--set` key against the chart's values.yaml, every
+`make` target against the Makefile, every repository path and every relative
+link (with its anchor) against the tree. The DNS64 examples are checked
+against felix-nat64's own prefix rules and RFC 7050's `ipv4only.arpa`
+addresses, and the chart's NOTES against the DaemonSet's labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+import yaml
+
+from felix_nat64.cli.main import build_parser
+from felix_nat64.model.settings import SPECS, resolve_settings
+from felix_nat64.wire.messages import ConfigUpdate
+from tests.unit.test_chart import CHART, only, render, render_script
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = sorted((REPO / "docs").rglob("*.md"))
+READ_BY_OPERATORS = (REPO / "README.md", *DOCS, CHART / "README.md", CHART / "values.yaml",
+                     CHART / "templates" / "NOTES.txt")
+QUICKSTART = REPO / "docs" / "quickstart.md"
+SETTING_KEYS = {spec.key for spec in SPECS}
+# A felix-nat64 token starts a command line at the start of a line, or after
+# these (kubectl exec ... --, the VM runner); elsewhere it is a release,
+# container, instance or label name, or prose in a log line.
+COMMAND_AFTER = {"--", "sudo", "testbed.vm"}
+STOP_TOKENS = {"|", "||", "&&", ";", "\\", "#", ">", "2>&1"}
+REPO_TOP = ("charts/", "docs/", "scripts/", "tests/", "deploy/", "examples/", "felix_nat64/", "testbed/",
+            "benchmarks/", "proto/")
+# RFC 7050 section 2.2: the only addresses of ipv4only.arpa.
+IPV4ONLY_ARPA = (ipaddress.IPv4Address("192.0.0.170"), ipaddress.IPv4Address("192.0.0.171"))
+
+
+def code_in(text: str) -> Iterator[str]:
+    """Lines of fenced blocks, and inline code spans outside them."""
+    fenced = False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        if fenced:
+            yield line
+        else:
+            yield from re.findall(r"`([^`]+)`", line)
+
+
+def code_lines() -> Iterator[tuple[str, str]]:
+    for path in READ_BY_OPERATORS:
+        for line in code_in(path.read_text()):
+            yield str(path.relative_to(REPO)), line
+
+
+# -- felix-nat64 commands --------------------------------------------------------------
+
+
+def command_lines() -> Iterator[tuple[str, list[str]]]:
+    """(where, argv after felix-nat64) for every felix-nat64 invocation in code."""
+    for where, line in code_lines():
+        tokens = line.replace("$ ", "", 1).split()
+        for i, token in enumerate(tokens):
+            if token != "felix-nat64" and not token.endswith("bin/felix-nat64"):
+                continue
+            if i and tokens[i - 1] not in COMMAND_AFTER:
+                continue
+            argv = []
+            for arg in tokens[i + 1:]:
+                if arg in STOP_TOKENS:
+                    break
+                argv.append(arg.strip("'\""))
+            if argv and "=" in argv[0] and not argv[0].startswith("-"):
+                continue  # a name=value label, e.g. a link alias, not a command
+            yield where, argv
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def check_argv(parser: argparse.ArgumentParser, argv: list[str]) -> str:
+    """'' when every subcommand and option in argv exists, else what does not."""
+    if not argv or argv[0] in ("...", "COMMAND"):
+        return ""
+    commands = subparsers(parser)
+    if argv[0].startswith("-"):
+        known = set(parser._option_string_actions)
+        return "" if argv[0].split("=")[0] in known else f"no option {argv[0]}"
+    if argv[0] not in commands:
+        return f"no command {argv[0]!r} (commands: {sorted(commands)})"
+    sub = commands[argv[0]]
+    rest = argv[1:]
+    if subparsers(sub) and rest and not rest[0].startswith("-"):
+        return check_argv(sub, rest)
+    known = set(sub._option_string_actions)
+    unknown = [a for a in rest if a.startswith("--") and a.split("=")[0] not in known]
+    return f"{argv[0]}: no option {unknown}" if unknown else ""
+
+
+def test_every_felix_nat64_command_in_the_docs_exists() -> None:
+    parser = build_parser()
+    found = list(command_lines())
+    assert len(found) >= 30, "the scan found too few felix-nat64 commands"
+    wrong = [f"{where}: felix-nat64 {' '.join(argv)}: {problem}"
+             for where, argv in found if (problem := check_argv(parser, argv))]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_command_check_catches_what_does_not_exist() -> None:
+    parser = build_parser()
+    assert check_argv(parser, ["sessions", "--pod", "fd00::1", "--proto", "tcp"]) == ""
+    assert check_argv(parser, ["stream", "build", "x.yaml", "-o", "x.stream"]) == ""
+    assert "no command" in check_argv(parser, ["sesions"])
+    assert "no option" in check_argv(parser, ["status", "--kernel-only"])
+    assert "no command" in check_argv(parser, ["stream", "convert"])
+
+
+def test_the_quickstart_uses_the_commands_it_should() -> None:
+    argvs = [argv for where, argv in command_lines() if where == "docs/quickstart.md"]
+    assert ["status"] in argvs and ["sessions", "--proto", "tcp"] in argvs
+
+
+# -- settings, chart values, make targets, paths --------------------------------------------
+
+
+def test_every_nat64_setting_named_in_the_docs_exists() -> None:
+    wrong = []
+    named = 0
+    for path in READ_BY_OPERATORS:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for key in re.findall(r"\b(?:FELIX_)?(NAT64[A-Za-z0-9]+)\b", line):
+                named += 1
+                if not any(key.casefold() == k.casefold() for k in SETTING_KEYS):
+                    wrong.append(f"{path.relative_to(REPO)}:{number}: {key}")
+    assert named > 50
+    assert not wrong, "settings felix-nat64 does not have:\n" + "\n".join(wrong)
+
+
+def value_paths(values: Any, prefix: str = "") -> set[str]:
+    paths = set()
+    if isinstance(values, dict):
+        for key, value in values.items():
+            path = f"{prefix}{key}"
+            paths.add(path)
+            paths |= value_paths(value, path + ".")
+    return paths
+
+
+def test_every_chart_value_set_in_the_docs_exists() -> None:
+    known = value_paths(yaml.safe_load((CHART / "values.yaml").read_text()))
+    wrong, seen = [], 0
+    for where, line in code_lines():
+        for key in re.findall(r"--set(?:-string)?[ =]'?([A-Za-z][\w.\[\]]*)=", line):
+            seen += 1
+            # A list value: what is set inside its items is not in values.yaml.
+            path = key.split("[")[0]
+            # Map values (labels, annotations) take any key below them.
+            maps = [k for k in known if k.endswith(("labels", "annotations"))]
+            if path not in known and not any(path.startswith(k + ".") for k in maps):
+                wrong.append(f"{where}: {key}")
+    assert seen >= 20
+    assert not wrong, "chart values that do not exist:\n" + "\n".join(wrong)
+
+
+def test_every_make_target_in_the_docs_exists() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][\w-]*):", makefile, re.M))
+    wrong, seen = [], 0
+    for where, line in code_lines():
+        for found in re.finditer(r"(?:^|\s)make((?:\s+[a-z][\w-]*)+)", line):
+            for target in found.group(1).split():
+                seen += 1
+                if target not in targets:
+                    wrong.append(f"{where}: make {target}")
+    assert seen >= 5
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_repository_path_in_the_docs_exists() -> None:
+    wrong, seen = [], 0
+    for where, line in code_lines():
+        for token in re.findall(r"(?<![\w/.-])((?:\.venv/bin/)?[\w.-]+(?:/[\w.*-]+)+)", line):
+            if not token.startswith(REPO_TOP):
+                continue
+            seen += 1
+            if not list(REPO.glob(token.rstrip("/"))):
+                wrong.append(f"{where}: {token}")
+    assert seen >= 20
+    assert not wrong, "paths that are not in the repository:\n" + "\n".join(wrong)
+
+
+def anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors for a Markdown file."""
+    found = set()
+    fenced = False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            found.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return found
+
+
+def test_every_relative_link_and_anchor_in_the_docs_exists() -> None:
+    wrong, seen = [], 0
+    for path in (REPO / "README.md", *DOCS, CHART / "README.md"):
+        for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            seen += 1
+            file_part, _, anchor = target.partition("#")
+            linked = (path.parent / file_part).resolve() if file_part else path
+            if not linked.exists():
+                wrong.append(f"{path.relative_to(REPO)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                wrong.append(f"{path.relative_to(REPO)}: {target} (no such heading)")
+    assert seen >= 40
+    assert not wrong, "\n".join(wrong)
+
+
+# -- DNS64 ------------------------------------------------------------------------------------
+
+
+def dns64_prefixes() -> list[tuple[str, str]]:
+    found = []
+    for path in DOCS:
+        text = path.read_text()
+        for block in re.findall(r"dns64\s*\{([^}]*)\}", text):
+            found += [(path.name, p) for p in re.findall(r"prefix\s+(\S+)", block)]
+        found += [(path.name, p) for p in re.findall(r"dns64\s+([0-9a-f:]+/\d+)", text)]
+    return found
+
+
+def test_every_dns64_prefix_in_the_docs_is_one_felix_nat64_translates() -> None:
+    found = dns64_prefixes()
+    assert len(found) >= 5, found
+    for where, prefix in found:
+        network = ipaddress.IPv6Network(prefix)
+        # felix-nat64 reads the IPv4 address from the last 32 bits: DNS64 must
+        # use a /96 (CoreDNS also accepts /32 to /64, which place it elsewhere).
+        assert network.prefixlen == 96, f"{where}: dns64 prefix {prefix} is not a /96"
+        result = resolve_settings(ConfigUpdate(MappingProxyType({"NAT64Prefixes": prefix})))
+        assert result.settings is not None, f"{where}: {prefix}: {result.errors}"
+
+
+def test_documented_ipv4only_arpa_answers_are_the_synthesized_addresses() -> None:
+    """Every IPv6 address the docs show as DNS64's answer for ipv4only.arpa is
+    192.0.0.170 or .171 behind a documented dns64 prefix."""
+    prefixes = {ipaddress.IPv6Network(p) for _, p in dns64_prefixes()}
+    expected = {ipaddress.IPv6Address(int(p.network_address) | int(v4))
+                for p in prefixes for v4 in IPV4ONLY_ARPA}
+    shown = 0
+    for path in (QUICKSTART, REPO / "docs" / "dns64.md"):
+        text = path.read_text()
+        assert "ipv4only.arpa" in text
+        for address in re.findall(r"\b64:ff9b::c000:a[ab]\b", text):
+            shown += 1
+            assert ipaddress.IPv6Address(address) in expected
+    assert shown >= 4
+    wkp = ipaddress.IPv6Network("64:ff9b::/96")
+    assert {str(a) for a in expected if a in wkp} == {"64:ff9b::c000:aa", "64:ff9b::c000:ab"}
+
+
+# -- the chart's NOTES ---------------------------------------------------------------------------
+
+
+def notes(values: dict[str, Any]) -> str:
+    helm = render_script._helm()
+    with helm.Chart.load(str(CHART)) as loaded:
+        rendered = loaded.render(values, name="nat64", namespace="calico-system", is_install=True)
+    (text,) = [t for p, t in rendered.items() if p.endswith("NOTES.txt")]
+    return str(text)
+
+
+@pytest.mark.parametrize("release_values", [{}, {"nat64": {"prefixes": ["64:ff9b::/96"]}}])
+def test_notes_check_the_node_asked_for(release_values: dict[str, Any]) -> None:
+    text = notes(release_values)
+    assert "exec ds/" not in text
+    selector = re.search(r"-l (\S+)", text)
+    assert selector is not None and "--field-selector spec.nodeName=$NODE" in text
+    wanted = dict(pair.split("=") for pair in selector.group(1).split(","))
+    objects = render_script.render_documents(release_values, release="nat64")
+    daemonset = only([yaml.safe_load(t) for _, t in objects], "DaemonSet")
+    assert wanted.items() <= daemonset["spec"]["template"]["metadata"]["labels"].items()
+    assert "felix-nat64 status" in text
+
+
+def test_quickstart_pod_selector_matches_the_default_release() -> None:
+    text = QUICKSTART.read_text()
+    selector = re.search(r"-l (\S+) \\", text)
+    assert selector is not None
+    labels = only(render(), "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert dict(pair.split("=") for pair in selector.group(1).split(",")).items() <= labels.items()
