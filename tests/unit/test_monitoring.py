@@ -59,12 +59,12 @@ TARGET = {"job": "felix-nat64-metrics", "instance": "192.0.2.11:9096", "node": "
 GRAFANA_VARIABLES = {"$node": ".*", "$__rate_interval": "5m", "$__range": "1h"}
 
 
-def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def promtool(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     tool = shutil.which("promtool")
     if tool is None:
         raise RuntimeError("promtool is not installed: run scripts/install-system-deps.sh "
                            "(Debian's prometheus package ships it)")
-    return subprocess.run([tool, *args], cwd=cwd, capture_output=True, text=True, check=False)
+    return subprocess.run([tool, *args], cwd=cwd, input=stdin, capture_output=True, text=True, check=False)
 
 
 # -- what the exporter exports -------------------------------------------------------
@@ -90,7 +90,8 @@ def synthetic_kernel() -> KernelStats:
 
 
 @functools.cache
-def exported() -> tuple[Sample, ...]:
+def exposition() -> str:
+    """/metrics as the driver serves it, for the synthetic sample."""
     board = board_in_sync()
     board.stream.by_payload.update({"config_update": 1, "ipam_pool_update": 2, "in_sync": 1})
     board.stream.bytes = 4096
@@ -98,9 +99,13 @@ def exported() -> tuple[Sample, ...]:
     for seconds in (0.004, 0.03, 0.2, 1.5):
         times.observe(seconds)
     kernel = synthetic_kernel()
-    text = generate_latest(registry_for(NAT64Collector(board, lambda: kernel, times, "node-1"))).decode()
+    return generate_latest(registry_for(NAT64Collector(board, lambda: kernel, times, "node-1"))).decode()
+
+
+@functools.cache
+def exported() -> tuple[Sample, ...]:
     return tuple(Sample(s.name, tuple(sorted(s.labels.items())), s.value, family.type)
-                 for family in text_string_to_metric_families(text) for s in family.samples)
+                 for family in text_string_to_metric_families(exposition()) for s in family.samples)
 
 
 def exported_names() -> set[str]:
@@ -124,6 +129,13 @@ def test_the_synthetic_sample_covers_every_family() -> None:
             "calico_nat64_felix_messages"} <= families
     assert exported_label_values("rule") == set(COUNTERS)
     assert exported_label_values("protocol") == set(PROTOCOLS)
+
+
+def test_exported_metrics_pass_promtool_lint(tmp_path: Path) -> None:
+    """promtool's naming and help checks (units, _total on counters, ...)."""
+    done = promtool("check", "metrics", cwd=tmp_path, stdin=exposition())
+    assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), \
+        done.stdout + done.stderr
 
 
 # -- names in docs and chart ------------------------------------------------------
