@@ -15,6 +15,7 @@ import argparse
 import ipaddress
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -23,6 +24,7 @@ import pytest
 import yaml
 
 from felix_nat64.cli.main import build_parser
+from felix_nat64.model import addressing, special_ipv4
 from felix_nat64.model.settings import SPECS, resolve_settings
 from felix_nat64.wire.messages import ConfigUpdate
 from tests.unit.test_chart import CHART, only, render, render_script
@@ -274,6 +276,91 @@ def test_documented_ipv4only_arpa_answers_are_the_synthesized_addresses() -> Non
     assert shown >= 4
     wkp = ipaddress.IPv6Network("64:ff9b::/96")
     assert {str(a) for a in expected if a in wkp} == {"64:ff9b::c000:aa", "64:ff9b::c000:ab"}
+
+
+@dataclass(frozen=True)
+class ServerBlock:
+    where: str
+    zones: tuple[str, ...]
+    body: str
+
+    def plugins(self) -> list[str]:
+        """Plugin names at the block's top level (nested blocks skipped)."""
+        names, depth = [], 0
+        for line in self.body.splitlines():
+            words = line.split()
+            if depth == 0 and words and words[0] != "}":
+                names.append(words[0])
+            depth += line.count("{") - line.count("}")
+        return names
+
+
+def corefile_blocks() -> list[ServerBlock]:
+    """Every CoreDNS server block in the docs' plain code blocks."""
+    blocks = []
+    for path in DOCS:
+        for code in re.findall(r"^```\n(.*?)^```", path.read_text(), re.S | re.M):
+            lines = code.splitlines()
+            i = 0
+            while i < len(lines):
+                head = re.fullmatch(r"((?:[\w.-]+:53\s*)+)\{", lines[i].strip())
+                if head is None:
+                    i += 1
+                    continue
+                depth, body = 1, []
+                i += 1
+                while depth and i < len(lines):
+                    depth += lines[i].count("{") - lines[i].count("}")
+                    body.append(lines[i])
+                    i += 1
+                assert depth == 0, f"{path.name}: unbalanced braces in the block for {head.group(1)}"
+                zones = tuple(z.removesuffix(":53") for z in head.group(1).split())
+                blocks.append(ServerBlock(path.name, zones, "\n".join(body[:-1])))
+    return blocks
+
+
+def test_corefiles_keep_cluster_zones_out_of_dns64() -> None:
+    blocks = corefile_blocks()
+    assert len(blocks) >= 5, [b.zones for b in blocks]
+    for block in blocks:
+        plugins = block.plugins()
+        for once in ("reload", "prometheus", "health", "dns64"):
+            assert plugins.count(once) <= 1, f"{block.where} {block.zones}: {once} twice"
+        if "cluster.local" in block.zones or "kubernetes" in plugins:
+            # Synthesis there would hand out NAT64 addresses for IPv4-only
+            # Services (refused behind the well-known prefix) and, with
+            # translate_all, hide dual-stack Services' IPv6 addresses.
+            assert "dns64" not in plugins, f"{block.where} {block.zones}"
+    assert any("." in b.zones and "dns64" in b.plugins() for b in blocks)
+    by_file: dict[str, int] = {}
+    for block in blocks:
+        by_file[block.where] = by_file.get(block.where, 0) + block.plugins().count("health")
+    assert all(count <= 1 for count in by_file.values()), by_file
+
+
+def test_corefile_upstreams_behind_a_prefix_are_not_refused_by_felix_nat64() -> None:
+    """A forward target written behind a NAT64 prefix must be an IPv4 address
+    that felix-nat64 translates there (link-local and, behind the well-known
+    prefix, private resolvers are refused)."""
+    prefixes = {ipaddress.IPv6Network(p) for _, p in dns64_prefixes()}
+    checked = 0
+    for block in corefile_blocks():
+        for line in block.body.splitlines():
+            words = line.split()
+            if words[:2] != ["forward", "."]:
+                continue
+            for target in words[2:]:
+                if target in ("{", "/etc/resolv.conf"):
+                    continue
+                address = ipaddress.IPv6Address(target)
+                behind = [p for p in prefixes if address in p]
+                if not behind:
+                    continue
+                checked += 1
+                ipv4 = addressing.extract(address)
+                refused = [r for r in special_ipv4.refused_for(behind[0]) if ipv4 in r.network]
+                assert not refused, f"{block.where} {block.zones}: {target} = {ipv4}: {refused[0].reason}"
+    assert checked >= 4
 
 
 # -- the chart's NOTES ---------------------------------------------------------------------------
