@@ -13,7 +13,8 @@ import os
 import secrets
 import socket
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import nftables
@@ -31,6 +32,7 @@ from felix_nat64.model.desired import build_desired
 from felix_nat64.model.settings import Settings
 from felix_nat64.model.state import NAMESPACE_PREFIX, DesiredState, Host, Inputs, Pool
 from felix_nat64.model.values import PortRange
+from testbed.netns_exec import socket_in_netns, write_sysctls
 
 N6 = ipaddress.IPv6Network
 
@@ -176,6 +178,86 @@ class TestNftTable:
         assert out is not None
         text = json.dumps(out)
         assert "192.0.2.10" in text and "fully-random" in text
+
+
+def _pod_behind(node: NamespaceThread, host_ifname: str, address: str) -> str:
+    """A pod namespace whose eth0 is wired to the node by `host_ifname`, with a
+    static next hop on the node so packets reach the node's prerouting hook."""
+    pod = f"fn64hp-{secrets.token_hex(3)}"
+    pr_netns.create(pod)
+    peer = f"p{secrets.token_hex(4)}"
+
+    def wire() -> str:
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=host_ifname, kind="veth", peer=peer)
+            host = ipr.link_lookup(ifname=host_ifname)[0]
+            ipr.link("set", index=host, state="up")
+            ipr.link("set", index=ipr.link_lookup(ifname=peer)[0], net_ns_fd=pod)
+            return str(ipr.get_links(host)[0].get_attr("IFLA_ADDRESS"))
+
+    try:
+        _wire_pod(node, pod, peer, wire, address)
+    except BaseException:
+        pr_netns.remove(pod)
+        raise
+    return pod
+
+
+def _wire_pod(node: NamespaceThread, pod: str, peer: str, wire: Callable[[], str], address: str) -> None:
+    mac = node.call(wire)
+    worker = NamespaceThread(pod)
+
+    def rename() -> None:
+        with IPRoute() as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname=peer)[0], ifname="eth0")
+
+    def inside() -> None:
+        with IPRoute() as ipr:
+            eth0 = ipr.link_lookup(ifname="eth0")[0]
+            ipr.link("set", index=eth0, state="up")
+            ipr.addr("add", index=eth0, address=address, prefixlen=64)
+            ipr.neigh("add", dst="fe80::1", lladdr=mac, ifindex=eth0, state=0x80, family=socket.AF_INET6)
+            ipr.route("add", dst="64:ff9b::", dst_len=96, gateway="fe80::1", oif=eth0, family=socket.AF_INET6)
+
+    try:
+        worker.call(rename)
+        # No duplicate address detection: the address is usable at once.
+        write_sysctls(pod, {"net/ipv6/conf/eth0/accept_dad": 0})
+        worker.call(inside)
+    finally:
+        worker.close()
+
+
+def _send_udp(pod: str, destination: str, count: int) -> None:
+    with socket_in_netns(pod, socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        for _ in range(count):
+            sock.sendto(b"nat64", (destination, 9))
+
+
+class TestInterfacePrefix:
+    """Only traffic from interfaces with Felix's workload prefix is steered."""
+
+    @pytest.mark.parametrize("prefixes", [("eni",), ("cali",), ("cali", "eni")])
+    def test_only_the_configured_prefixes_are_steered(self, node: NamespaceThread,
+                                                      prefixes: tuple[str, ...]) -> None:
+        d = desired_state("64:ff9b::/96", interface_prefixes=prefixes)
+        node.call(lambda: NftTable().apply(render(d)))
+        pods = {"eni": _pod_behind(node, f"eni{secrets.token_hex(4)}", "fd00:10:244::a"),
+                "cali": _pod_behind(node, f"cali{secrets.token_hex(4)}", "fd00:10:244::b")}
+        try:
+            sent = {"eni": 3, "cali": 5}
+            expected = 0
+            for kind, pod in pods.items():
+                _send_udp(pod, "64:ff9b::c000:201", sent[kind])
+                expected += sent[kind] if kind in prefixes else 0
+                deadline = time.monotonic() + 5
+                while node.call(lambda: Nft().counters())["steered"][0] < expected \
+                        and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert node.call(lambda: Nft().counters())["steered"][0] == expected, (kind, prefixes)
+        finally:
+            for pod in pods.values():
+                pr_netns.remove(pod)
 
 
 class TestNodeRouting:

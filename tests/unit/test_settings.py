@@ -331,7 +331,12 @@ class TestFelixCrossChecks:
         # Felix resolves its own parameters to their canonical names in
         # ConfigUpdate.config, while the per-source maps keep each source's
         # spelling (lower case for the environment).
-        update = sourced(env={"bpfenabled": "true", "nftablesmarkmask": "0xff000000"},
-                         glob={"BPFEnabled": "false"})
-        s = ok(update)
-        assert s.felix_bpf_enabled and s.felix_nft_mark_mask == 0xFF000000
+        env = {"bpfenabled": "true", "nftablesmarkmask": "0xff000000"}
+        sources = (RawConfigSource("environment variable", MappingProxyType(env)),
+                   RawConfigSource("datastore (global)", MappingProxyType({"BPFEnabled": "false"})))
+        resolved_map = {"BPFEnabled": "true", "NftablesMarkMask": "0xff000000"}
+        for update in (ConfigUpdate(MappingProxyType(resolved_map), sources),
+                       ConfigUpdate(MappingProxyType(resolved_map)),  # resolved map alone
+                       ConfigUpdate(MappingProxyType({}), sources)):  # per-source maps alone
+            s = ok(update)
+            assert s.felix_bpf_enabled and s.felix_nft_mark_mask == 0xFF000000
