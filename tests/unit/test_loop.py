@@ -253,10 +253,20 @@ def test_configuration_warnings_are_logged_once(caplog: pytest.LogCaptureFixture
 # -- Calico's eBPF dataplane: refused, loudly --------------------------------------
 
 
-def test_bpf_dataplane_programs_nothing_and_says_why() -> None:
+def stepped(*events: object) -> tuple[DataplaneLoop, StatusBoard, RecordingDataplane]:
+    """A loop that has folded `events` and taken one step (no threads, no timing)."""
     dp = RecordingDataplane()
-    events = [config(NAT64Prefixes="64:ff9b::/96", BPFEnabled="true"), pool("fd00::/64"), m.InSync()]
-    _, status, _ = run_loop(events, dp, settle=0.3)
+    status = StatusBoard()
+    loop = DataplaneLoop(queue.Queue(), dp, status, options=FAST)  # type: ignore[arg-type]
+    for e in events:
+        loop.handle(e)  # type: ignore[arg-type]
+    loop.step()
+    return loop, status, dp
+
+
+def test_bpf_dataplane_programs_nothing_and_says_why() -> None:
+    _, status, dp = stepped(config(NAT64Prefixes="64:ff9b::/96", BPFEnabled="true"), pool("fd00::/64"),
+                            m.InSync())
     # Not applied, and the kernel was not even read.
     assert dp.applied == [] and dp.adopt_calls == 0
     ready, reasons = status.readiness()
@@ -265,11 +275,18 @@ def test_bpf_dataplane_programs_nothing_and_says_why() -> None:
     assert status.snapshot()["unsupported_dataplane"] == reasons[0]
 
 
+def test_bpf_dataplane_programs_nothing_in_the_running_loop() -> None:
+    dp = RecordingDataplane()
+    events = [config(NAT64Prefixes="64:ff9b::/96", BPFEnabled="true"), pool("fd00::/64"), m.InSync()]
+    _, status, end = run_loop(events, dp, settle=0.3)
+    assert end == StreamEnd()
+    assert dp.applied == [] and dp.adopt_calls == 0
+    assert not status.readiness()[0]
+
+
 def test_bpf_refusal_shows_in_metrics_and_the_status_command(tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    dp = RecordingDataplane()
-    _, status, _ = run_loop([config(NAT64Prefixes="64:ff9b::/96", BPFEnabled="true"), m.InSync()], dp,
-                            settle=0.2)
+    _, status, _ = stepped(config(NAT64Prefixes="64:ff9b::/96", BPFEnabled="true"), m.InSync())
     text = generate_latest(registry_for(NAT64Collector(status, lambda: None, ApplyTimes(), "n"))).decode()
     assert "calico_nat64_unsupported_dataplane 1.0" in text and "calico_nat64_ready 0.0" in text
     path = str(tmp_path / "status.json")
@@ -279,20 +296,14 @@ def test_bpf_refusal_shows_in_metrics_and_the_status_command(tmp_path: Path,
 
 
 def test_supported_dataplane_metric_is_zero() -> None:
-    dp = RecordingDataplane()
-    _, status, _ = run_loop([config(NAT64Prefixes="64:ff9b::/96"), m.InSync()], dp, settle=0.2)
+    _, status, _ = stepped(config(NAT64Prefixes="64:ff9b::/96"), m.InSync())
     text = generate_latest(registry_for(NAT64Collector(status, lambda: None, ApplyTimes(), "n"))).decode()
     assert "calico_nat64_unsupported_dataplane 0.0" in text and "calico_nat64_ready 1.0" in text
 
 
 def test_bpf_refusal_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    dp = RecordingDataplane()
-    q: queue.Queue[object] = queue.Queue()
-    loop = DataplaneLoop(q, dp, StatusBoard(), options=FAST)  # type: ignore[arg-type]
-    for e in (config(NAT64Prefixes="64:ff9b::/96", BPFEnabled="true"), m.InSync()):
-        loop.handle(e)  # type: ignore[arg-type]
     with caplog.at_level("INFO"):
-        loop.step()
+        loop, _, dp = stepped(config(NAT64Prefixes="64:ff9b::/96", BPFEnabled="true"), m.InSync())
         loop.handle(pool("fd00::/64"))
         loop.step()
     event = "unsupported Calico dataplane, programming nothing"
@@ -303,13 +314,8 @@ def test_bpf_refusal_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_bpf_off_again_programs_as_usual() -> None:
     # Felix restarts for a BPFEnabled change; a live ConfigUpdate is handled the same way.
-    dp = RecordingDataplane()
-    status = StatusBoard()
-    q: queue.Queue[object] = queue.Queue()
-    loop = DataplaneLoop(q, dp, status, options=FAST)  # type: ignore[arg-type]
-    for e in (config(NAT64Prefixes="64:ff9b::/96", BPFEnabled="true"), pool("fd00::/64"), m.InSync()):
-        loop.handle(e)  # type: ignore[arg-type]
-    loop.step()
+    loop, status, dp = stepped(config(NAT64Prefixes="64:ff9b::/96", BPFEnabled="true"), pool("fd00::/64"),
+                               m.InSync())
     assert dp.applied == [] and status.get("unsupported_dataplane")
     loop.handle(config(NAT64Prefixes="64:ff9b::/96", BPFEnabled="false"))
     loop.step()
@@ -320,7 +326,6 @@ def test_bpf_off_again_programs_as_usual() -> None:
 
 def test_bpf_refusal_wins_over_nat64_being_off() -> None:
     # Even with NAT64 off the node is reported: NAT64 could not be turned on there.
-    dp = RecordingDataplane()
-    _, status, _ = run_loop([config(BPFEnabled="true"), m.InSync()], dp, settle=0.2)
+    _, status, dp = stepped(config(BPFEnabled="true"), m.InSync())
     assert dp.applied == []
     assert not status.readiness()[0]
