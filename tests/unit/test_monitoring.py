@@ -306,7 +306,7 @@ def test_rules_pass_promtool_check(tmp_path: Path) -> None:
     write_rules(tmp_path, rendered_rules())
     done = promtool("check", "rules", "rules.yaml", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 10 rules found" in done.stdout
+    assert "SUCCESS: 11 rules found" in done.stdout
 
 
 def test_alert_unit_tests_pass(tmp_path: Path) -> None:
