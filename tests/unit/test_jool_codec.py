@@ -253,7 +253,7 @@ def test_nested_flag_on_every_nested_attribute() -> None:
         (codec.attr_nested(RootAttr.OFFSET, codec.instance_body(InstanceInfo("a", "netfilter", 0xDEADBEEF))),
          {RootAttr.OFFSET: INSTANCE}),
         (codec.attr_u8(RootAttr.PROTO, 1) + codec.attr_nested(RootAttr.OFFSET, codec.session_offset_body(
-            codec.decode_session(codec.parse_attrs(sample_session())[0]))),
+            codec.parse_attrs(sample_session())[0])),
          {RootAttr.PROTO: None, RootAttr.OFFSET: SESSION_OFFSET}),
         (codec.attr_nested(RootAttr.GLOBALS, global_config.encode_globals(
             {"mtu-plateaus": (1500, 1280), "pool6": ipaddress.IPv6Network("64:ff9b::/96"),

@@ -43,6 +43,7 @@ from felix_nat64.drivers.jool.constants import (
 from felix_nat64.drivers.jool.entries import BibEntry, InstanceInfo, SessionEntry, Taddr4, Taddr6
 from felix_nat64.drivers.jool.errors import JoolProtocolError, error_for
 from felix_nat64.drivers.plan import Pool4Entry
+from felix_nat64.model.protocol import Protocol
 
 T = TypeVar("T")
 
@@ -212,18 +213,23 @@ def attr_taddr(attr_type: int, taddr: Taddr6 | Taddr4) -> bytes:
                        attr_u16(TaddrAttr.PORT, taddr.port))
 
 
-def proto_number(proto: str) -> L4Proto:
+_L4_NUMBERS = {Protocol.TCP: L4Proto.TCP, Protocol.UDP: L4Proto.UDP, Protocol.ICMP: L4Proto.ICMP}
+_L4_PROTOCOLS = {int(number): proto for proto, number in _L4_NUMBERS.items()}
+
+
+def proto_number(proto: Protocol | str) -> L4Proto:
+    """Jool's l4_protocol number of a protocol (ValueError for anything else)."""
     try:
-        return {"tcp": L4Proto.TCP, "udp": L4Proto.UDP, "icmp": L4Proto.ICMP}[proto]
-    except KeyError:
+        return _L4_NUMBERS[Protocol(proto)]
+    except ValueError:
         raise ValueError(f"unknown protocol {proto!r}: expected tcp, udp or icmp") from None
 
 
-def proto_name(number: int) -> str:
-    names = {L4Proto.TCP: "tcp", L4Proto.UDP: "udp", L4Proto.ICMP: "icmp", L4Proto.OTHER: "other"}
+def proto_name(number: int) -> Protocol:
+    """The protocol of a NAT64 table row (L4PROTO_OTHER exists only in SIIT)."""
     try:
-        return names[L4Proto(number)]
-    except ValueError:
+        return _L4_PROTOCOLS[number]
+    except KeyError:
         raise JoolProtocolError(f"unknown Jool protocol number {number}") from None
 
 
@@ -256,9 +262,13 @@ def bib_body(entry: BibEntry) -> bytes:
     ))
 
 
-def session_offset_body(entry: SessionEntry) -> bytes:
-    # The kernel resumes a session listing from the IPv4 pair alone.
-    return attr_taddr(SessionAttr.SRC4, entry.src4) + attr_taddr(SessionAttr.DST4, entry.dst4)
+def session_offset_body(entry: Attr) -> bytes:
+    """The offset that resumes a session listing after `entry`, a raw entry of
+    a reply: the kernel needs only its IPv4 pair, re-nested as strict
+    validation wants it."""
+    fields = entry.fields()
+    return b"".join(attr_nested(key, _need(fields, key, "session").payload)
+                    for key in (SessionAttr.SRC4, SessionAttr.DST4))
 
 
 def instance_body(entry: InstanceInfo) -> bytes:

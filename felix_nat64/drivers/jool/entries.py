@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from felix_nat64.drivers.jool.constants import SessionTimer, TcpState
+from felix_nat64.model.protocol import Protocol
 
 
 @dataclass(frozen=True, order=True)
@@ -49,7 +50,7 @@ class InstanceInfo:
 class BibEntry:
     """A BIB row: the IPv6 transport address and the pool4 one it is bound to."""
 
-    proto: str  # "tcp" | "udp" | "icmp"
+    proto: Protocol
     ipv6: Taddr6
     ipv4: Taddr4
     static: bool = False
@@ -59,7 +60,7 @@ class BibEntry:
 class SessionEntry:
     """A session row, named as Jool names the four transport addresses."""
 
-    proto: str  # "tcp" | "udp" | "icmp"
+    proto: Protocol
     src6: Taddr6  # the IPv6 node
     dst6: Taddr6  # the IPv4 node as the IPv6 side sees it (pool6 + IPv4)
     src4: Taddr4  # the pool4 transport address used for this flow
