@@ -514,7 +514,7 @@ def stats_sample_cost() -> dict[str, float]:
     t0 = time.perf_counter()
     sample = sample_kernel()
     elapsed = time.perf_counter() - t0
-    sessions = sum(sum(t.sessions.values()) for t in sample.translators)
+    sessions = sum(t.sessions for t in sample.translators)
     return {"seconds": elapsed, "sessions": float(sessions)}
 
 

@@ -603,6 +603,24 @@ _IP_MTU_DISCOVER, _IP_PMTUDISC_DO = 10, 2
 _IPV6_DONTFRAG = 62
 
 
+def udp_flows(netns: str | None, dst: IPAddress | str, port: int = DEFAULT_UDP_PORT, *,
+              count: int, payload: bytes = b"flow") -> int:
+    """Opens ``count`` UDP flows from ``netns`` to ``dst``: one datagram from each of
+    ``count`` sockets, each on its own ephemeral port, without waiting for
+    answers (a NAT64 keeps a session for each from its first packet). Returns
+    how many datagrams the kernel accepted."""
+    target = _addr(dst)
+    sent = 0
+    # Every socket stays open until the last datagram has left, so no two share a port.
+    with contextlib.ExitStack() as sockets:
+        for _ in range(count):
+            sock = sockets.enter_context(socket_in_netns(netns, _family(target), socket.SOCK_DGRAM))
+            with contextlib.suppress(OSError):
+                sock.sendto(payload, (str(target), port))
+                sent += 1
+    return sent
+
+
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"

@@ -1,4 +1,9 @@
-"""`felix-nat64 sessions`: Jool's sessions (or BIB) on this node, filtered and paged."""
+"""`felix-nat64 sessions`: Jool's sessions (or BIB) on this node, filtered and paged.
+
+Three steps: the arguments become a query, the query reads one page from the
+kernel (`felix_nat64.observe.session_table`, which reads no more of Jool's
+tables than the page needs), and the page is printed as a table or JSON.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,15 @@ import argparse
 import ipaddress
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from felix_nat64.cli import exitcodes
 from felix_nat64.cli.errors import CliError
 from felix_nat64.cli.tables import table
+from felix_nat64.model.protocol import Protocol
+
+if TYPE_CHECKING:  # the kernel libraries load only when a page is read
+    from felix_nat64.observe.session_table import TablePage, TableQuery, TableRow
 
 
 def add_parser(sub: Any) -> None:
@@ -18,10 +27,11 @@ def add_parser(sub: Any) -> None:
         "sessions",
         help="list NAT64 sessions (or BIB entries) with filters and paging",
         description="Lists the Jool sessions of every translator on this node (needs root). "
-                    "Filters combine; --page and --limit page through large tables.",
+                    "Filters combine; --page and --limit page through large tables, reading only "
+                    "as much of Jool's tables as the page needs.",
     )
     p.add_argument("--bib", action="store_true", help="list BIB entries instead of sessions")
-    p.add_argument("--proto", choices=["tcp", "udp", "icmp"], help="only this protocol")
+    p.add_argument("--proto", choices=[p.value for p in Protocol], help="only this protocol")
     p.add_argument("--pod", metavar="ADDR", help="only this pod IPv6 address (or CIDR)")
     p.add_argument("--dest", metavar="ADDR", help="only this IPv4 destination (or CIDR; sessions only)")
     p.add_argument("--prefix", metavar="CIDR", help="only the translator for this /96 parent")
@@ -44,70 +54,79 @@ def _net(text: str | None, version: int, what: str) -> ipaddress.IPv4Network | i
 
 
 def run(args: argparse.Namespace) -> int:
+    from felix_nat64.observe.session_table import TableQuery  # noqa: PLC0415
+
     if args.limit < 1 or args.page < 1:
         raise CliError("--limit and --page start at 1", exitcodes.USAGE)
     pod = _net(args.pod, 6, "--pod")
     dest = _net(args.dest, 4, "--dest")
     parent = _net(args.prefix, 6, "--prefix")
+    assert pod is None or isinstance(pod, ipaddress.IPv6Network)
+    assert dest is None or isinstance(dest, ipaddress.IPv4Network)
+    if dest is not None and args.bib:
+        raise CliError("--dest filters sessions; BIB entries have no destination", exitcodes.USAGE)
+    query = TableQuery(bib=args.bib, proto=Protocol(args.proto) if args.proto else None, pod=pod,
+                       dest=dest, limit=args.limit, page=args.page)
     if os.geteuid() != 0:
         raise CliError("listing sessions needs root (CAP_NET_ADMIN): run it with sudo or in the "
                        "felix-nat64 container")
-    from felix_nat64.drivers.jool.client import JoolClient  # noqa: PLC0415
+    page = collect(query, parent)
+    print(render_json(page) if args.json else render_text(page))
+    return exitcodes.OK
+
+
+def collect(query: TableQuery, parent: ipaddress.IPv4Network | ipaddress.IPv6Network | None) -> TablePage:
+    """The page `query` selects, from the translators on this node."""
+    # Kernel libraries load here, so `--help` and bad arguments need none.
     from felix_nat64.drivers.jool.errors import JoolError  # noqa: PLC0415
     from felix_nat64.drivers.netns.links import discover  # noqa: PLC0415
-    from felix_nat64.model.state import JOOL_INSTANCE  # noqa: PLC0415
+    from felix_nat64.observe.session_table import read_page  # noqa: PLC0415
 
-    rows: list[dict[str, Any]] = []
     translators = [t for t in discover() if t.namespace and (parent is None or t.parent == parent)]
     if not translators:
         raise CliError("no felix-nat64 translator on this node" + (f" for {parent}" if parent else "")
                        + ": is NAT64 enabled? (felix-nat64 status)", exitcodes.FAILURE)
-    for t in translators:
-        assert t.namespace is not None
-        try:
-            with JoolClient.open(t.namespace) as jool:
-                if args.bib:
-                    entries: Any = jool.bib_list(JOOL_INSTANCE, args.proto)
-                else:
-                    entries = jool.session_list(JOOL_INSTANCE, args.proto)
-        except JoolError as exc:
-            raise CliError(f"reading Jool in {t.namespace}: {exc}") from None
-        for e in entries:
-            row = _row(e, str(t.parent), args.bib)
-            if pod is not None and ipaddress.ip_address(row["pod"]) not in pod:
-                continue
-            if dest is not None and (args.bib or ipaddress.ip_address(row["destination"]) not in dest):
-                continue
-            rows.append(row)
-    total = len(rows)
-    start = (args.page - 1) * args.limit
-    page = rows[start:start + args.limit]
-    if args.json:
-        print(json.dumps({"total": total, "page": args.page, "limit": args.limit, "rows": page}, indent=2))
-        return exitcodes.OK
-    if args.bib:
-        print(table(["pool6", "proto", "pod", "port", "pool4 address", "port", "static"],
+    try:
+        return read_page(translators, query)
+    except (JoolError, OSError) as exc:
+        raise CliError(f"reading Jool's tables: {exc}") from None
+
+
+def row_json(row: TableRow) -> dict[str, Any]:
+    """One row as the JSON output (and `render_text`) names its fields."""
+    from felix_nat64.drivers.jool.entries import BibEntry  # noqa: PLC0415
+
+    e = row.entry
+    prefix = str(row.parent) if row.parent is not None else ""
+    if isinstance(e, BibEntry):
+        return {"prefix": prefix, "proto": str(e.proto), "pod": str(e.ipv6.address), "pod_port": e.ipv6.port,
+                "pool4": str(e.ipv4.address), "pool4_port": e.ipv4.port, "static": e.static}
+    return {"prefix": prefix, "proto": str(e.proto), "pod": str(e.src6.address), "pod_port": e.src6.port,
+            "destination": str(e.dst4.address), "dest_port": e.dst4.port,
+            "destination6": str(e.dst6.address), "pool4": str(e.src4.address),
+            "pool4_port": e.src4.port, "state": e.state.name, "expires_ms": e.expiration_ms}
+
+
+def render_json(page: TablePage) -> str:
+    q = page.query
+    return json.dumps({"total": page.total, "more": page.more, "page": q.page, "limit": q.limit,
+                       "rows": [row_json(r) for r in page.rows]}, indent=2)
+
+
+def render_text(page: TablePage) -> str:
+    rows = [row_json(r) for r in page.rows]
+    if page.query.bib:
+        out = table(["pool6", "proto", "pod", "port", "pool4 address", "port", "static"],
                     [(r["prefix"], r["proto"], r["pod"], r["pod_port"], r["pool4"], r["pool4_port"],
-                      r["static"]) for r in page]))
+                      r["static"]) for r in rows])
     else:
-        print(table(["pool6", "proto", "pod", "port", "destination", "port", "pool4 address", "port",
+        out = table(["pool6", "proto", "pod", "port", "destination", "port", "pool4 address", "port",
                      "state", "expires in"],
                     [(r["prefix"], r["proto"], r["pod"], r["pod_port"], r["destination"], r["dest_port"],
                       r["pool4"], r["pool4_port"], r["state"], f"{r['expires_ms'] / 1000:.0f}s")
-                     for r in page]))
-    shown = f"{start + 1}-{start + len(page)}" if page else "none"
-    more = f"; --page {args.page + 1} for more" if start + len(page) < total else ""
-    print(f"{shown} of {total} {'BIB entries' if args.bib else 'sessions'}{more}")
-    return exitcodes.OK
-
-
-def _row(entry: Any, prefix: str, bib: bool) -> dict[str, Any]:
-    if bib:
-        return {"prefix": prefix, "proto": entry.proto, "pod": str(entry.ipv6.address),
-                "pod_port": entry.ipv6.port, "pool4": str(entry.ipv4.address),
-                "pool4_port": entry.ipv4.port, "static": entry.static}
-    return {"prefix": prefix, "proto": entry.proto, "pod": str(entry.src6.address),
-            "pod_port": entry.src6.port,
-            "destination": str(entry.dst4.address), "dest_port": entry.dst4.port,
-            "destination6": str(entry.dst6.address), "pool4": str(entry.src4.address),
-            "pool4_port": entry.src4.port, "state": entry.state.name, "expires_ms": entry.expiration_ms}
+                     for r in rows])
+    what = "BIB entries" if page.query.bib else "sessions"
+    shown = f"{page.first}-{page.first + len(rows) - 1}" if rows else "none"
+    of = f"{page.total:,}" if page.total is not None else f"more than {page.first + len(rows) - 1:,}"
+    more = f"; --page {page.query.page + 1} for more" if page.more else ""
+    return f"{out}\n{shown} of {of} {what}{more}"

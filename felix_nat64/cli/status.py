@@ -135,15 +135,15 @@ def _human(driver: dict[str, Any] | None, down: str, kernel: dict[str, Any] | No
     stats = kernel["stats"]
     trows: list[tuple[str, ...]] = []
     for t in stats["translators"]:
-        sess = "/".join(str(t["sessions"].get(p, 0)) for p in ("tcp", "udp", "icmp"))
-        bib = "/".join(str(t["bib"].get(p, 0)) for p in ("tcp", "udp", "icmp"))
-        cap = sum(t["pool4_ports"].values())
-        used = sum(t["bib"].values())
-        trows.append((t["namespace"], t["parent"], "up" if t["instance"] else "MISSING", sess, bib,
-                      f"{used} of {cap} ({used / cap:.2%})" if cap else "-"))
+        caps = [t["pool4_ports"].get(p, 0) for p in ("tcp", "udp", "icmp")]
+        smallest = min((c for c in caps if c), default=0)
+        bib = t["bib_entries"]
+        trows.append((t["namespace"], t["parent"], "up" if t["instance"] else "MISSING", f"{t['sessions']:,}",
+                      f"{bib:,}", "/".join(f"{c:,}" for c in caps),
+                      f"<= {min(1.0, bib / smallest):.2%}" if smallest else "-"))
     if trows:
-        out.append(table(["translator namespace", "pool6", "jool", "sessions tcp/udp/icmp",
-                          "BIB tcp/udp/icmp", "pool4 used"], trows))
+        out.append(table(["translator namespace", "pool6", "jool", "sessions", "BIB entries",
+                          "pool4 tcp/udp/icmp", "pool4 used"], trows))
     else:
         out.append("translators: none")
     counters = stats["nft"]

@@ -1,8 +1,9 @@
-"""Samples what the kernel knows: nftables counters, Jool tables and stats.
+"""Samples what the kernel knows: nftables counters, Jool's counters and pool4.
 
-Sampling walks netlink dumps that can be large (one row per session), so it
-runs on its own thread at an interval; /metrics and `status` read the last
-sample and never wait on the kernel.
+A sample costs the same whatever the number of sessions: table sizes come
+from Jool's own counters, never from listing the tables. It still runs on its
+own thread at an interval, so /metrics and `status` read the last sample and
+never wait on the kernel.
 """
 
 from __future__ import annotations
@@ -13,8 +14,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from felix_nat64.logs import EventLogger
+from felix_nat64.model.protocol import Protocol
 
-PROTOCOLS = ("tcp", "udp", "icmp")
+# Jool's counters of its table sizes: gauges, kept apart from the event
+# counters (src/mod/common/db/bib/db.c increments them as entries are added
+# and decrements them as they go, in Jool 4.1.9 as in 4.1.15).
+JSTAT_BIB_ENTRIES = "JSTAT_BIB_ENTRIES"
+JSTAT_SESSIONS = "JSTAT_SESSIONS"
+TABLE_SIZE_STATS = frozenset({JSTAT_BIB_ENTRIES, JSTAT_SESSIONS})
 
 
 @dataclass(frozen=True)
@@ -24,11 +31,29 @@ class TranslatorStats:
     namespace: str
     parent: str
     instance: bool  # the Jool instance exists
-    sessions: Mapping[str, int] = field(default_factory=dict)  # protocol -> sessions
-    bib: Mapping[str, int] = field(default_factory=dict)  # protocol -> BIB entries
-    pool4_ports: Mapping[str, int] = field(default_factory=dict)  # protocol -> transport addresses
-    jool: Mapping[str, int] = field(default_factory=dict)  # Jool stat name -> value
+    # Sessions and BIB entries (pool4 transport addresses in use) of every
+    # protocol: Jool counts its tables as a whole, not per protocol.
+    sessions: int = 0
+    bib_entries: int = 0
+    pool4_ports: Mapping[Protocol, int] = field(default_factory=dict)  # protocol -> transport addresses
+    jool: Mapping[str, int] = field(default_factory=dict)  # Jool event counter name -> value
     error: str = ""
+
+    @classmethod
+    def from_counters(cls, namespace: str, parent: str, pool4_ports: Mapping[Protocol, int],
+                      counters: Mapping[str, int]) -> TranslatorStats:
+        """A live instance's sample from its pool4 capacity and Jool's counters."""
+        events = {k: v for k, v in counters.items() if k not in TABLE_SIZE_STATS}
+        return cls(namespace, parent, True, counters.get(JSTAT_SESSIONS, 0),
+                   counters.get(JSTAT_BIB_ENTRIES, 0), pool4_ports, events)
+
+    def pool4_use_bound(self, proto: Protocol) -> float:
+        """At most this share of `proto`'s pool4 is in use: every BIB entry
+        counted against that protocol's capacity. It is exact when one
+        protocol holds them all, and never less than the true share, so it is
+        safe to alert on; the census gives the split."""
+        capacity = self.pool4_ports.get(proto, 0)
+        return min(1.0, self.bib_entries / capacity) if capacity else 0.0
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,14 @@ from prometheus_client.registry import Collector
 
 from felix_nat64 import __version__
 from felix_nat64.drivers.nft.ruleset import COUNTERS
-from felix_nat64.observe.kernel_stats import PROTOCOLS, KernelStats
+from felix_nat64.model.protocol import PROTOCOLS
+from felix_nat64.observe.kernel_stats import KernelStats
 from felix_nat64.observe.status import StatusBoard
 
 PREFIX = "calico_nat64"
 
-# Jool stats worth a label of their own (translations, and drops by reason).
-JOOL_STATS_HELP = "Jool's own counters (JSTAT_*) by name, per translator."
+JOOL_STATS_HELP = "Jool's own event counters (JSTAT_*) by name, per translator (the table sizes are " \
+                  "calico_nat64_jool_sessions and calico_nat64_jool_bib_entries)."
 
 APPLY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
 
@@ -126,30 +127,32 @@ class NAT64Collector(Collector):
             nbytes.add_metric([name], b)
         yield packets
         yield nbytes
-        labels = ["translator", "prefix", "protocol"]
-        sessions = GaugeMetricFamily(f"{PREFIX}_jool_sessions", "Jool sessions.", labels=labels)
-        bib = GaugeMetricFamily(f"{PREFIX}_jool_bib_entries", "Jool BIB entries (pool4 transport "
-                                "addresses in use).", labels=labels)
+        labels = ["translator", "prefix"]
+        sessions = GaugeMetricFamily(f"{PREFIX}_jool_sessions", "Jool sessions, every protocol (Jool's "
+                                     "JSTAT_SESSIONS).", labels=labels)
+        bib = GaugeMetricFamily(f"{PREFIX}_jool_bib_entries", "Jool BIB entries (pool4 transport addresses "
+                                "in use), every protocol (Jool's JSTAT_BIB_ENTRIES).", labels=labels)
         ports = GaugeMetricFamily(f"{PREFIX}_jool_pool4_transport_addresses",
-                                  "Pool4 capacity: addresses times ports (ICMP: identifiers).", labels=labels)
+                                  "Pool4 capacity: addresses times ports (ICMP: identifiers).",
+                                  labels=[*labels, "protocol"])
         util = GaugeMetricFamily(f"{PREFIX}_jool_pool4_utilisation_ratio",
-                                 "BIB entries over pool4 capacity (1 means exhausted).", labels=labels)
+                                 "Upper bound of the share of pool4 in use: every BIB entry counted against "
+                                 "this protocol's capacity (1 means exhausted).",
+                                 labels=[*labels, "protocol"])
         jstats = CounterMetricFamily(f"{PREFIX}_jool_stats", JOOL_STATS_HELP,
                                      labels=["translator", "prefix", "stat"])
         up = GaugeMetricFamily(f"{PREFIX}_jool_instance_up", "1 if the translator's Jool instance exists.",
-                               labels=["translator", "prefix"])
+                               labels=labels)
         for t in stats.translators:
-            up.add_metric([t.namespace, t.parent], 1 if t.instance else 0)
+            lab = [t.namespace, t.parent]
+            up.add_metric(lab, 1 if t.instance else 0)
+            sessions.add_metric(lab, t.sessions)
+            bib.add_metric(lab, t.bib_entries)
             for proto in PROTOCOLS:
-                lab = [t.namespace, t.parent, proto]
-                sessions.add_metric(lab, t.sessions.get(proto, 0))
-                used = t.bib.get(proto, 0)
-                cap = t.pool4_ports.get(proto, 0)
-                bib.add_metric(lab, used)
-                ports.add_metric(lab, cap)
-                util.add_metric(lab, used / cap if cap else 0.0)
+                ports.add_metric([*lab, proto], t.pool4_ports.get(proto, 0))
+                util.add_metric([*lab, proto], t.pool4_use_bound(proto))
             for name, value in sorted(t.jool.items()):
-                jstats.add_metric([t.namespace, t.parent, name], value)
+                jstats.add_metric([*lab, name], value)
         yield from (up, sessions, bib, ports, util, jstats)
 
 

@@ -20,6 +20,7 @@ from felix_nat64.cli.main import main
 from felix_nat64.dataplane.managers import FelixView
 from felix_nat64.model.desired import build_desired
 from felix_nat64.model.jsonview import to_jsonable
+from felix_nat64.model.protocol import Protocol
 from felix_nat64.observe.health import HealthServer, Heartbeat
 from felix_nat64.observe.kernel_stats import KernelStats, StatsPoller, TranslatorStats
 from felix_nat64.observe.metrics import ApplyTimes, NAT64Collector, registry_for
@@ -43,10 +44,10 @@ def board_in_sync(ok: bool = True) -> StatusBoard:
 KERNEL = KernelStats(
     at=3.0,
     nft={"steered": (10, 1000), "refused": (2, 200)},
-    translators=(TranslatorStats("felix-nat64-aaaa", "64:ff9b::/96", True,
-                                 sessions={"tcp": 3, "udp": 1}, bib={"tcp": 2, "udp": 1},
-                                 pool4_ports={"tcp": 8 * 64512, "udp": 8 * 64512, "icmp": 8 * 65536},
-                                 jool={"JSTAT_SUCCESS": 42, "JSTAT_POOL4_MISMATCH": 1}),),
+    translators=(TranslatorStats.from_counters(
+        "felix-nat64-aaaa", "64:ff9b::/96",
+        {Protocol.TCP: 8 * 64512, Protocol.UDP: 8 * 64512, Protocol.ICMP: 8 * 65536},
+        {"JSTAT_SUCCESS": 42, "JSTAT_POOL4_MISMATCH": 1, "JSTAT_SESSIONS": 4, "JSTAT_BIB_ENTRIES": 3}),),
 )
 
 
@@ -151,11 +152,16 @@ class TestMetrics:
         assert "calico_nat64_ready 1.0" in text
         assert 'calico_nat64_nft_packets_total{rule="steered"} 10.0' in text
         assert 'calico_nat64_nft_packets_total{rule="snat"} 0.0' in text
-        labels = 'prefix="64:ff9b::/96",protocol="tcp",translator="felix-nat64-aaaa"'
-        assert f"calico_nat64_jool_sessions{{{labels}}} 3.0" in text
-        assert f"calico_nat64_jool_bib_entries{{{labels}}} 2.0" in text
+        labels = 'prefix="64:ff9b::/96",translator="felix-nat64-aaaa"'
+        assert f"calico_nat64_jool_sessions{{{labels}}} 4.0" in text
+        assert f"calico_nat64_jool_bib_entries{{{labels}}} 3.0" in text
+        tcp = 'prefix="64:ff9b::/96",protocol="tcp",translator="felix-nat64-aaaa"'
+        assert f"calico_nat64_jool_pool4_transport_addresses{{{tcp}}} 516096.0" in text
+        assert f"calico_nat64_jool_pool4_utilisation_ratio{{{tcp}}} {3 / 516096!r}" in text
         assert 'calico_nat64_jool_stats_total{prefix="64:ff9b::/96",stat="JSTAT_SUCCESS",' \
                'translator="felix-nat64-aaaa"} 42.0' in text
+        # The table sizes are gauges of their own, not event counters.
+        assert 'stat="JSTAT_SESSIONS"' not in text and 'stat="JSTAT_BIB_ENTRIES"' not in text
         assert 'calico_nat64_dataplane_apply_duration_seconds_bucket{le="0.025"} 1.0' in text
         assert 'calico_nat64_dataplane_apply_duration_seconds_count 2.0' in text
 

@@ -6,6 +6,7 @@ as Felix runs it (felix-nat64-driver, stream on fd 3).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ipaddress
 import json
@@ -20,6 +21,8 @@ from typing import Any
 
 from felix_nat64.dataplane.managers import FelixView
 from felix_nat64.drivers.inventory import inventory
+from felix_nat64.drivers.jool import JoolWorker
+from felix_nat64.drivers.jool.codec import JoolHeader, Reply
 from felix_nat64.model.desired import build_desired
 from felix_nat64.model.state import DesiredState
 from felix_nat64.testing.streams import StreamBuilder
@@ -138,6 +141,21 @@ def desired_from(stream: bytes,
 def stream_frames(data: bytes) -> list[bytes]:
     """The whole frames (header included) of a recorded stream."""
     return [encode_frame(body) for body in iter_frames([data])]
+
+
+class CountingTransport:
+    """Passes requests through and counts them per command (to prove paging)."""
+
+    def __init__(self, inner: JoolWorker) -> None:
+        self.inner = inner
+        self.requests: collections.Counter[int] = collections.Counter()
+
+    def exchange(self, cmd: int, header: JoolHeader, attrs: bytes, op: str) -> Reply:
+        self.requests[cmd] += 1
+        return self.inner.exchange(cmd, header, attrs, op)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 METRICS = "http://127.0.0.1:9096"  # where node_stream() drivers serve health and metrics

@@ -3,7 +3,6 @@ CLI as the independent oracle: what one writes, the other reads."""
 
 from __future__ import annotations
 
-import collections
 import csv
 import errno
 import ipaddress
@@ -28,11 +27,12 @@ from felix_nat64.drivers.jool import (
     TcpState,
     module_version,
 )
-from felix_nat64.drivers.jool.codec import JoolHeader, Reply, attr, attr_u8
+from felix_nat64.drivers.jool.codec import JoolHeader, attr, attr_u8
 from felix_nat64.drivers.jool.constants import Op, Pool4Attr, RootAttr
 from felix_nat64.drivers.jool.global_config import BY_NAME, Kind, nat64_names
 from felix_nat64.drivers.plan import Pool4Entry
 from felix_nat64.model.state import JOOL_INSTANCE
+from tests.vm.dataplane_fixtures import CountingTransport
 
 NAME = JOOL_INSTANCE
 POOL6 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -66,21 +66,6 @@ def jool_cli_fails(netns: str, *args: str) -> str:
 def jool_csv(netns: str, *args: str) -> list[dict[str, str]]:
     """A `jool ... display --csv` table as rows keyed by its header."""
     return list(csv.DictReader(jool_cli(netns, *args, "--csv").splitlines()))
-
-
-class CountingTransport:
-    """Passes requests through and counts them per command (to prove paging)."""
-
-    def __init__(self, inner: JoolWorker) -> None:
-        self.inner = inner
-        self.requests: collections.Counter[int] = collections.Counter()
-
-    def exchange(self, cmd: int, header: JoolHeader, attrs: bytes, op: str) -> Reply:
-        self.requests[cmd] += 1
-        return self.inner.exchange(cmd, header, attrs, op)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 @pytest.fixture
@@ -364,6 +349,52 @@ def test_sessions_and_stats_after_real_udp_traffic(make_netns: Callable[[], str]
             assert stats[name] == cli_stats[name], name
         assert stats["JSTAT_RECEIVED6"] >= flows and stats["JSTAT_SUCCESS"] >= flows
         assert stats["JSTAT_SESSIONS"] == flows == stats["JSTAT_BIB_ENTRIES"]
+
+
+TCP_OPENER = textwrap.dedent("""
+    import socket, sys
+    count, dst = int(sys.argv[1]), sys.argv[2]
+    held = []
+    for i in range(count):
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s.bind(("2001:db8:6::2", 30000 + i))
+        s.setblocking(False)
+        s.connect_ex((dst, 80))  # nothing answers: the SYN alone opens a session
+        held.append(s)
+""")
+
+
+def test_table_size_counters_follow_entries_as_they_come_and_go(make_netns: Callable[[], str]) -> None:
+    """JSTAT_SESSIONS and JSTAT_BIB_ENTRIES, which metrics and status read instead
+    of listing the tables, match the tables (and the jool CLI) as sessions of
+    two protocols are added, a BIB entry is removed and a pool4 range goes."""
+    client6, xlat, _ = build_translator_path(make_netns)
+    with JoolClient.open(xlat) as jool:
+        jool.instance_add(NAME, POOL6)
+        tcp_range = Pool4Entry("tcp", V4("192.0.2.1/32"), 61001, 65535)
+        jool.pool4_add(NAME, Pool4Entry("udp", V4("192.0.2.1/32"), 61001, 65535))
+        jool.pool4_add(NAME, tcp_range)
+        in_netns(client6, "python3", "-c", SENDER, "40", "64:ff9b::192.0.2.2")
+        # 192.0.2.99 does not exist: the SYNs go unanswered and the sessions stay opening.
+        in_netns(client6, "python3", "-c", TCP_OPENER, "30", "64:ff9b::192.0.2.99")
+
+        def sizes() -> tuple[int, int]:
+            stats = jool.stats(NAME)
+            return stats["JSTAT_SESSIONS"], stats["JSTAT_BIB_ENTRIES"]
+
+        def listed() -> tuple[int, int]:
+            return len(jool.session_list(NAME)), len(jool.bib_list(NAME))
+
+        assert sizes() == listed() == (70, 70)
+        assert {s.proto for s in jool.session_list(NAME)} == {"tcp", "udp"}
+        cli = {row["Stat"]: int(row["Value"])
+               for row in jool_csv(xlat, "-i", NAME, "stats", "display", "--all")}
+        assert (cli["JSTAT_SESSIONS"], cli["JSTAT_BIB_ENTRIES"]) == (70, 70)
+
+        jool.bib_remove(NAME, jool.bib_list(NAME, "udp")[0])  # takes its session with it
+        assert sizes() == listed() == (69, 69)
+        jool.pool4_remove(NAME, tcp_range)  # not quick: Jool drops the BIB entries it held
+        assert sizes() == listed() == (39, 39)
 
 
 def test_empty_tables_and_stats_of_a_fresh_instance(jool: JoolClient) -> None:

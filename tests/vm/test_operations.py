@@ -7,6 +7,7 @@ against traffic the test sends.
 from __future__ import annotations
 
 import csv
+import ipaddress
 import json
 import re
 import subprocess
@@ -15,9 +16,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from testbed.traffic import tcp_request, udp_exchange
+from felix_nat64.drivers.jool import JoolClient, JoolWorker, SessionEntry, module_version
+from felix_nat64.drivers.jool.constants import Op
+from felix_nat64.drivers.netns.links import discover
+from felix_nat64.model.protocol import Protocol
+from felix_nat64.model.state import JOOL_INSTANCE
+from felix_nat64.observe import session_table
+from testbed.traffic import tcp_request, udp_exchange, udp_flows
 from tests.vm.dataplane_fixtures import (
     NSP,
+    CountingTransport,
     Node,
     RunningDriver,
     metric,
@@ -74,7 +82,7 @@ def test_metrics_move_when_traffic_flows(node: Node, driver: RunningDriver) -> N
         assert time.monotonic() < deadline, "metrics did not move"
         time.sleep(1)
     assert metric(after, "calico_nat64_nft_packets_total", rule="snat") > 0
-    assert metric(after, "calico_nat64_jool_bib_entries", prefix=NSP, protocol="udp") >= 1
+    assert metric(after, "calico_nat64_jool_bib_entries", prefix=NSP) >= 1
     assert metric(after, "calico_nat64_jool_stats_total", prefix=NSP, stat="JSTAT_SUCCESS") > 0
     assert 0 < metric(after, "calico_nat64_jool_pool4_utilisation_ratio", prefix=NSP, protocol="tcp") < 1
     assert metric(after, "calico_nat64_jool_instance_up") == 2
@@ -146,6 +154,54 @@ def test_sessions_filters_and_paging(node: Node, driver: RunningDriver) -> None:
     assert "--page 2 for more" in text
     bib = json.loads(felix_nat64("sessions", "--bib", "--json", "--proto", "udp").stdout)
     assert bib["total"] >= 1 and all(r["proto"] == "udp" for r in bib["rows"])
+
+
+def counting_clients(monkeypatch: pytest.MonkeyPatch) -> list[CountingTransport]:
+    """Makes the session table open its Jool clients through counting transports."""
+    transports: list[CountingTransport] = []
+
+    def open_counted(netns: str | None = None) -> JoolClient:
+        assert netns is not None
+        transports.append(CountingTransport(JoolWorker(netns)))
+        return JoolClient(transports[-1], module_version(), netns)
+
+    monkeypatch.setattr(session_table.JoolClient, "open", open_counted)
+    return transports
+
+
+def test_a_page_of_sessions_reads_only_what_it_shows(node: Node, driver: RunningDriver,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    assert udp_flows(pod(node), nat64(NSP, DOC), count=300) == 300
+    translators = [t for t in discover() if t.namespace]
+    everything: list[tuple[object, ...]] = []
+    for t in translators:
+        assert t.namespace is not None
+        with JoolClient.open(t.namespace) as jool:
+            everything += [(s.proto, s.src6, s.dst4, s.src4) for s in jool.session_list(JOOL_INSTANCE)]
+    assert len(everything) >= 300
+
+    def flows(page: session_table.TablePage) -> list[tuple[object, ...]]:
+        return [(r.entry.proto, r.entry.src6, r.entry.dst4, r.entry.src4) for r in page.rows
+                if isinstance(r.entry, SessionEntry)]
+
+    transports = counting_clients(monkeypatch)
+    second = session_table.read_page(translators, session_table.TableQuery(limit=100, page=2))
+    assert flows(second) == everything[100:200]
+    assert second.more and second.total == len(everything)
+    # Jool sends a few dozen sessions per reply: rows 1-201 take about 8
+    # replies, the whole table at least 12.
+    pages_read = sum(t.requests[Op.SESSION_FOREACH] for t in transports)
+    assert pages_read <= 10 < len(everything) // 26
+
+    last = session_table.read_page(translators, session_table.TableQuery(limit=100, page=100))
+    assert last.rows == () and not last.more and last.total == len(everything)
+
+    address = node.topo.pod(0).address
+    mine = session_table.read_page(translators, session_table.TableQuery(
+        pod=ipaddress.IPv6Network(address), proto=Protocol.UDP, limit=50, page=2))
+    expected = [f for f in everything if f[0] == "udp" and f[1].address == address]  # type: ignore[attr-defined]
+    assert flows(mine) == expected[50:100]
+    assert mine.more and mine.total is None  # a filter: the total would need the rest of the table
 
 
 def test_logs_are_json_lines_when_asked(driver: RunningDriver) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Literal, TypeVar
 
 from felix_nat64.drivers.jool import codec, global_config
@@ -23,6 +23,7 @@ from felix_nat64.drivers.jool.constants import (
     InstanceStatus,
     InstanceStatusAttr,
     IterationFlag,
+    ListAttr,
     Op,
     RootAttr,
     stat_names,
@@ -35,10 +36,10 @@ from felix_nat64.drivers.jool.version import JoolVersion, module_version
 from felix_nat64.drivers.jool.worker import JoolWorker
 from felix_nat64.drivers.plan import Pool4Entry
 from felix_nat64.logs import EventLogger
+from felix_nat64.model.protocol import PROTOCOLS, Protocol
 
 T = TypeVar("T")
 
-PROTOCOLS = ("tcp", "udp", "icmp")
 # A listing restarts when the kernel says the table moved under it (EAGAIN);
 # past this many attempts the caller gets the error.
 MAX_RESTARTS = 5
@@ -128,13 +129,29 @@ class JoolClient:
                                instance=instance or "-", attempt=attempt + 1)
         raise AssertionError("unreachable")
 
-    def _per_protocol(self, proto: str | None, list_one: Callable[[str], list[T]]) -> tuple[T, ...]:
-        protos = PROTOCOLS if proto is None else (proto,)
+    def _per_protocol(self, proto: Protocol | None, list_one: Callable[[Protocol], list[T]]) -> tuple[T, ...]:
+        protos = PROTOCOLS if proto is None else (Protocol(proto),)  # ValueError for anything else
         out: list[T] = []
         for p in protos:
-            codec.proto_number(p)  # ValueError for anything but tcp/udp/icmp
             out += list_one(p)
         return tuple(out)
+
+    def _pages(self, op: Op, instance: str, first: bytes,
+               follow_up: Callable[[Attr], bytes]) -> Iterator[list[Attr]]:
+        """The raw JNLAL_ENTRY elements of a foreach, one reply at a time, each
+        requested only when the caller asks for it (a caller that stops early
+        never makes Jool list the rest). `follow_up` turns a page's last entry
+        into the next request's attributes."""
+        attrs = first
+        while True:
+            reply = self._request(op, instance, attrs)
+            page = [item for item in codec.parse_attrs(reply.attrs) if item.type == ListAttr.ENTRY]
+            yield page
+            if not reply.more:
+                return
+            if not page:
+                raise JoolProtocolError("reply has the M flag but no entries", _op_name(op))
+            attrs = follow_up(page[-1])
 
     # ------------------------------------------------------------ instances
 
@@ -202,10 +219,10 @@ class JoolClient:
         self._request(Op.POOL4_FLUSH, instance, b"", HeaderFlag.QUICK if quick else HeaderFlag.NONE)
         self._log.info("jool pool4 flushed", instance=instance, quick=quick)
 
-    def pool4_list(self, instance: str, proto: str | None = None) -> tuple[Pool4Entry, ...]:
+    def pool4_list(self, instance: str, proto: Protocol | None = None) -> tuple[Pool4Entry, ...]:
         """pool4 of one protocol, or of tcp, udp and icmp in turn when None.
         Jool stores ranges per address, so a /30 added comes back as four /32s."""
-        def one(p: str) -> list[Pool4Entry]:
+        def one(p: Protocol) -> list[Pool4Entry]:
             return self._collect(
                 Op.POOL4_FOREACH, instance, codec.attr_u8(RootAttr.PROTO, codec.proto_number(p)),
                 lambda reply: codec.decode_entries(reply.attrs, codec.decode_pool4),
@@ -237,15 +254,25 @@ class JoolClient:
 
     # ------------------------------------------------------------ BIB
 
-    def bib_list(self, instance: str, proto: str | None = None) -> tuple[BibEntry, ...]:
+    def bib_list(self, instance: str, proto: Protocol | None = None) -> tuple[BibEntry, ...]:
         """BIB entries of one protocol, or of tcp, udp and icmp in turn when None."""
-        def one(p: str) -> list[BibEntry]:
+        def one(p: Protocol) -> list[BibEntry]:
             return self._collect(
                 Op.BIB_FOREACH, instance, codec.attr_u8(RootAttr.PROTO, codec.proto_number(p)),
                 lambda reply: codec.decode_entries(reply.attrs, codec.decode_bib),
                 lambda last: codec.attr_nested(RootAttr.OFFSET, codec.bib_body(last)),
             )
         return self._per_protocol(proto, one)
+
+    def bib_pages(self, instance: str, proto: Protocol) -> Iterator[list[Attr]]:
+        """BIB entries of one protocol as raw entries (`codec.decode_bib` reads
+        one), a reply at a time and only as far as the caller reads. Jool lists
+        them by pool4 transport address and resumes after the last one even if
+        it expired meanwhile."""
+        return self._pages(
+            Op.BIB_FOREACH, instance, codec.attr_u8(RootAttr.PROTO, codec.proto_number(proto)),
+            lambda last: codec.attr_nested(RootAttr.OFFSET, codec.bib_body(codec.decode_bib(last))),
+        )
 
     def bib_add(self, instance: str, entry: BibEntry) -> None:
         """Adds a static BIB entry; its IPv4 side must be inside pool4."""
@@ -261,17 +288,25 @@ class JoolClient:
 
     # ------------------------------------------------------------ sessions
 
-    def session_list(self, instance: str, proto: str | None = None) -> tuple[SessionEntry, ...]:
+    def session_list(self, instance: str, proto: Protocol | None = None) -> tuple[SessionEntry, ...]:
         """Sessions of one protocol, or of tcp, udp and icmp in turn when None."""
-        def one(p: str) -> list[SessionEntry]:
-            proto_attr = codec.attr_u8(RootAttr.PROTO, codec.proto_number(p))
-            # Unlike the other tables, every session page repeats the protocol.
-            return self._collect(
-                Op.SESSION_FOREACH, instance, proto_attr,
-                lambda reply: codec.decode_entries(reply.attrs, codec.decode_session),
-                lambda last: proto_attr + codec.attr_nested(RootAttr.OFFSET, codec.session_offset_body(last)),
-            )
+        def one(p: Protocol) -> list[SessionEntry]:
+            return [codec.decode_session(item) for page in self.session_pages(instance, p) for item in page]
         return self._per_protocol(proto, one)
+
+    def session_pages(self, instance: str, proto: Protocol) -> Iterator[list[Attr]]:
+        """Sessions of one protocol as raw entries (`codec.decode_session` reads
+        one), a reply (a few dozen sessions) at a time and only as far as the
+        caller reads. Jool lists them by BIB entry (pool4 transport address),
+        then by IPv4 destination, and resumes after the last one even if it
+        expired meanwhile (`find_session_offset` in its bib/db.c), so a walk
+        never has to restart."""
+        proto_attr = codec.attr_u8(RootAttr.PROTO, codec.proto_number(proto))
+
+        # Unlike the other tables, every session page repeats the protocol.
+        return self._pages(Op.SESSION_FOREACH, instance, proto_attr,
+                           lambda last: proto_attr + codec.attr_nested(RootAttr.OFFSET,
+                                                                        codec.session_offset_body(last)))
 
     # ------------------------------------------------------------ stats
 
