@@ -34,7 +34,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from felix_nat64.drivers.jool.constants import stat_names
 from felix_nat64.drivers.nft.ruleset import COUNTERS
-from felix_nat64.observe.kernel_stats import PROTOCOLS, KernelStats, TranslatorStats
+from felix_nat64.model.protocol import PROTOCOLS, Protocol
+from felix_nat64.observe.kernel_stats import KernelStats, TranslatorStats
 from felix_nat64.observe.metrics import ApplyTimes, NAT64Collector, registry_for
 from tests.unit.test_chart import render
 from tests.unit.test_observe import board_in_sync
@@ -80,11 +81,9 @@ class Sample:
 
 def synthetic_kernel() -> KernelStats:
     jool = {name: index + 1 for index, name in enumerate(stat_names(9))}
-    translator = TranslatorStats(
-        "felix-nat64-49f170ae", "64:ff9b::/96", True,
-        sessions={p: 10 + i for i, p in enumerate(PROTOCOLS)},
-        bib={p: 5 + i for i, p in enumerate(PROTOCOLS)},
-        pool4_ports={"tcp": 8 * 64512, "udp": 8 * 64512, "icmp": 8 * 65536}, jool=jool)
+    translator = TranslatorStats.from_counters(
+        "felix-nat64-49f170ae", "64:ff9b::/96",
+        {Protocol.TCP: 8 * 64512, Protocol.UDP: 8 * 64512, Protocol.ICMP: 8 * 65536}, jool)
     nft = {name: (index + 1, 100 * (index + 1)) for index, name in enumerate(COUNTERS)}
     return KernelStats(at=1_700_000_000.0, nft=nft, translators=(translator,))
 
