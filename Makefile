@@ -71,6 +71,7 @@ bench: venv
 	$(PY) -m benchmarks.frontend
 	$(PY) -m benchmarks.prepare
 	status=0; $(PY) -m testbed.vm $(PY) -m benchmarks.datapath $(BENCH_ARGS) || status=$$?; \
+	$(PY) -m testbed.vm $(PY) -m benchmarks.footprint || status=$$?; \
 	$(PY) -m benchmarks.report && exit $$status
 
 clean:
