@@ -218,6 +218,11 @@ def _wire_pod(node: NamespaceThread, pod: str, peer: str, wire: Callable[[], str
             ipr.addr("add", index=eth0, address=address, prefixlen=64)
             ipr.neigh("add", dst="fe80::1", lladdr=mac, ifindex=eth0, state=0x80, family=socket.AF_INET6)
             ipr.route("add", dst="64:ff9b::", dst_len=96, gateway="fe80::1", oif=eth0, family=socket.AF_INET6)
+            # Until the veth has carrier the route is unusable (EADDRNOTAVAIL on send).
+            deadline = time.monotonic() + 10
+            while ipr.get_links(eth0)[0].get_attr("IFLA_OPERSTATE") != "UP":
+                assert time.monotonic() < deadline, "the pod's veth never came up"
+                time.sleep(0.02)
 
     try:
         worker.call(rename)
