@@ -40,17 +40,7 @@ def run_build(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot read scenario {args.scenario}: {exc.strerror}") from None
     try:
-        import yaml  # noqa: PLC0415 - scenario files are a development feature
-    except ImportError:
-        raise CliError("building a stream from a scenario needs PyYAML, which the runtime install "
-                       "leaves out: pip install 'felix-nat64[scenarios]' (or PyYAML)",
-                       exitcodes.FAILURE) from None
-    try:
-        scenario = yaml.safe_load(text)
-        data = build_scenario(scenario)
-    except yaml.YAMLError as exc:
-        raise CliError(f"scenario {args.scenario} is not valid YAML/JSON: {exc}",
-                       exitcodes.INVALID_INPUT) from None
+        data = build_scenario(_parse_scenario(text, args.scenario))
     except ScenarioError as exc:
         raise CliError(f"scenario {args.scenario}: {exc}", exitcodes.INVALID_INPUT) from None
     if args.output == "-":
@@ -59,6 +49,24 @@ def run_build(args: argparse.Namespace) -> int:
         with open(args.output, "wb") as handle:
             handle.write(data)
     return exitcodes.OK
+
+
+def _parse_scenario(text: str, name: str) -> Any:
+    """JSON needs only the standard library; YAML needs PyYAML, an optional extra."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        import yaml  # noqa: PLC0415 - scenario files in YAML are a development feature
+    except ImportError:
+        raise CliError(f"scenario {name} is not JSON, and reading YAML needs PyYAML, which the runtime "
+                       "install leaves out: pip install 'felix-nat64[scenarios]' (or PyYAML), or write "
+                       "the scenario as JSON", exitcodes.FAILURE) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CliError(f"scenario {name} is not valid YAML/JSON: {exc}", exitcodes.INVALID_INPUT) from None
 
 
 def run_dump(args: argparse.Namespace) -> int:

@@ -150,13 +150,23 @@ def test_every_command_starts(runtime: RuntimeEnv, command: list[str]) -> None:
     assert done.stdout.startswith("usage: felix-nat64"), done.stdout
 
 
+def test_json_scenarios_need_no_extra(runtime: RuntimeEnv, tmp_path: Path) -> None:
+    import yaml  # noqa: PLC0415 - the development side converts the example
+
+    scenario = tmp_path / "two-prefixes.json"
+    scenario.write_text(json.dumps(yaml.safe_load((REPO / "examples" / "two-prefixes.yaml").read_text())))
+    done = runtime.run("felix-nat64", "stream", "build", str(scenario), "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out").read_bytes() == STREAM.read_bytes()
+
+
 def test_commands_needing_the_development_extras_say_what_to_install(runtime: RuntimeEnv,
                                                                      tmp_path: Path) -> None:
     scenario = tmp_path / "s.yaml"
     scenario.write_text((REPO / "examples" / "two-prefixes.yaml").read_text())
     done = runtime.run("felix-nat64", "stream", "build", str(scenario), "-o", str(tmp_path / "out"))
     assert done.returncode == 1
-    assert "pip install 'felix-nat64[scenarios]'" in done.stderr
+    assert "pip install 'felix-nat64[scenarios]'" in done.stderr and "as JSON" in done.stderr
     done = runtime.run("felix-nat64", "demo", "--here")
     assert done.returncode == 1
     assert "'testbed' package" in done.stderr and "make demo" in done.stderr
