@@ -9,6 +9,11 @@
 # Build one image per Calico release you run, and tag it
 # <felix-nat64 version>-calico-<Calico version>: the Helm chart derives that
 # tag from its appVersion and calico.version values.
+#
+# CALICO_NODE_IMAGE and DEBIAN_IMAGE name where Felix and the Debian base come
+# from. Tests build without a registry (make image, testbed/image.py): on a
+# Debian base made by mmdebstrap and a TEST STAND-IN calico/node whose
+# calico-node is felix-nat64's Felix simulator, never for production.
 
 # The Calico release whose Felix runs in the image; keep it equal to the
 # cluster's (charts/felix-nat64/values.yaml: calico.version).
@@ -38,13 +43,25 @@ RUN set -eu; \
 
 # The Python package goes into a venv that also sees Debian's packages:
 # python3-nftables (libnftables bindings) exists only as a Debian package.
+# pip installs every requirement into the venv (--ignore-installed), whatever
+# Debian happens to have installed beside python3-nftables.
+#
+# Machines that reach the package index only through a mirror or a proxy CA
+# pass their pip settings as build secrets (make image does it for the
+# machine it runs on): a pip.conf, and the files it names. Secrets are mounted
+# for this one step and never stored in a layer; each is optional.
 FROM ${DEBIAN_IMAGE} AS build
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv python3-nftables \
     && rm -rf /var/lib/apt/lists/*
 COPY . /src
-RUN python3 -m venv --system-site-packages /opt/felix-nat64 \
-    && /opt/felix-nat64/bin/pip install --no-cache-dir --no-compile /src \
+RUN --mount=type=secret,id=pip.conf,target=/run/secrets/pip.conf \
+    --mount=type=secret,id=pip-cert,target=/run/secrets/pip-cert \
+    --mount=type=secret,id=pip-client-cert,target=/run/secrets/pip-client-cert \
+    --mount=type=secret,id=pip-constraint,target=/run/secrets/pip-constraint \
+    if [ -e /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi \
+    && python3 -m venv --system-site-packages /opt/felix-nat64 \
+    && /opt/felix-nat64/bin/pip install --no-cache-dir --no-compile --ignore-installed /src \
     && /opt/felix-nat64/bin/python -m compileall -q /opt/felix-nat64/lib
 
 FROM ${DEBIAN_IMAGE}
@@ -54,130 +71,29 @@ ARG CALICO_VERSION
 # init container; jool-tools: `jool` to inspect translators (talks to the
 # node's jool-dkms module); libelf1: Felix is linked against libelf (its BPF
 # support), and glibc from Debian 12 is newer than the UBI one Felix is built
-# on; tini: PID 1 that reaps and forwards signals.
+# on; tini: PID 1 that reaps and forwards signals; netbase: /etc/protocols,
+# where libnftables looks up protocol names such as tcp and icmpv6 (-slim
+# images leave it out, and without it every nftables transaction fails with
+# "Could not resolve protocol name").
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         python3 python3-nftables nftables iproute2 kmod jool-tools libelf1 zlib1g tini ca-certificates \
+        netbase \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/felix-nat64 /opt/felix-nat64
 COPY --from=felix /felix/ /usr/local/bin/
 ENV PATH=/opt/felix-nat64/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1
 
-# Runs Felix with the command line its release understands, and runs it again
-# when it exits with 129: Felix's "restart to apply new configuration" code,
-# which runit handles in calico-node. Any other exit ends the container so the
-# kubelet restarts it. SIGTERM goes to Felix, which stops the driver.
-COPY --chmod=0755 <<"EOF" /usr/local/bin/felix-nat64-felix
-#!/bin/bash
-set -u
-bin_dir=${CALICO_BIN_DIR:-/usr/local/bin}
-if [ -x "$bin_dir/calico" ]; then
-    felix=("$bin_dir/calico" component felix)
-elif [ -x "$bin_dir/calico-node" ]; then
-    felix=("$bin_dir/calico-node" -felix)
-else
-    echo "felix-nat64: no Felix in $bin_dir (expected calico or calico-node)" >&2
-    exit 1
-fi
+# felix-nat64-felix: the main command, runs Felix (again after exit 129);
+# felix-nat64-modprobe: the init container, loads jool or says why not;
+# felix-nat64-run-once: cleanup mode's command; felix-nat64-selfcheck: checks
+# that Felix's libraries resolve and that the driver decodes a Felix stream.
+COPY --chmod=0755 image/felix-nat64-felix image/felix-nat64-modprobe image/felix-nat64-run-once \
+    image/felix-nat64-selfcheck /usr/local/bin/
 
-child=
-stopping=0
-on_signal() {
-    stopping=1
-    if [ -n "$child" ]; then
-        kill -TERM "$child" 2>/dev/null
-    fi
-}
-trap on_signal TERM INT
-
-while :; do
-    "${felix[@]}" &
-    child=$!
-    # wait returns early when a trapped signal arrives; keep waiting until
-    # Felix itself has exited, then take its status.
-    while :; do
-        wait "$child"
-        rc=$?
-        if ! kill -0 "$child" 2>/dev/null; then
-            wait "$child" 2>/dev/null
-            last=$?
-            if [ "$last" -ne 127 ]; then
-                rc=$last
-            fi
-            break
-        fi
-    done
-    child=
-    if [ "$stopping" -eq 1 ]; then
-        exit "$rc"
-    fi
-    if [ "$rc" -eq 129 ]; then
-        echo "felix-nat64: Felix restarts to apply a configuration change" >&2
-        continue
-    fi
-    echo "felix-nat64: Felix exited with status $rc" >&2
-    exit "$rc"
-done
-EOF
-
-# Init container: loads jool from the node's /lib/modules, or says why not.
-COPY --chmod=0755 <<"EOF" /usr/local/bin/felix-nat64-modprobe
-#!/bin/bash
-set -u
-sysfs=${FELIX_NAT64_SYSFS:-/sys}
-modules=${FELIX_NAT64_MODULES:-/lib/modules}
-kernel=$(uname -r)
-
-if [ -e "$sysfs/module/jool" ]; then
-    echo "felix-nat64: jool $(cat "$sysfs/module/jool/version" 2>/dev/null || echo '(unknown version)') is already loaded"
-    exit 0
-fi
-if [ ! -d "$modules/$kernel" ]; then
-    echo "felix-nat64: $modules/$kernel does not exist: the node's /lib/modules is not mounted here, or kernel $kernel has no modules directory" >&2
-    exit 1
-fi
-if ! modinfo -k "$kernel" jool >/dev/null 2>&1; then
-    cat >&2 <<MSG
-felix-nat64: this node has no jool kernel module for kernel $kernel.
-Install Jool's kernel module on the node, for example on Debian or Ubuntu:
-    apt-get install jool-dkms linux-headers-$kernel
-(DKMS builds it for every installed kernel that has headers), or keep
-felix-nat64 off this node by removing its felix-nat64/dual-stack label.
-MSG
-    exit 1
-fi
-if ! modprobe jool; then
-    echo "felix-nat64: 'modprobe jool' failed for kernel $kernel (its error is above). With Secure Boot the module must be signed with a key the kernel trusts." >&2
-    exit 1
-fi
-echo "felix-nat64: loaded jool $(cat "$sysfs/module/jool/version" 2>/dev/null || echo '(unknown version)')"
-EOF
-
-# Cleanup mode: runs a command once, then idles so the pod stays Ready.
-COPY --chmod=0755 <<"EOF" /usr/local/bin/felix-nat64-run-once
-#!/bin/bash
-set -u
-done_file=${FELIX_NAT64_DONE_FILE:-/tmp/felix-nat64-run-once.done}
-if [ "$#" -eq 0 ]; then
-    echo "usage: felix-nat64-run-once COMMAND [ARG...]" >&2
-    exit 2
-fi
-"$@" || exit
-: >"$done_file"
-echo "felix-nat64: '$*' finished; idling until the pod is deleted"
-exec sleep infinity
-EOF
-
-# Fails the build if Felix misses a shared library or the package is broken.
-RUN set -eu; \
-    for bin in /usr/local/bin/calico /usr/local/bin/calico-node; do \
-        if [ -e "$bin" ]; then \
-            if ldd "$bin" | grep 'not found'; then exit 1; fi; \
-        fi; \
-    done; \
-    felix-nat64 --version; \
-    command -v felix-nat64-driver
+# Fails the build if Felix misses a shared library or the driver cannot start.
+RUN felix-nat64-selfcheck
 
 LABEL org.opencontainers.image.title="felix-nat64" \
       org.opencontainers.image.description="Stateful NAT64 for IPv6-only pods on Calico nodes (Felix external dataplane driver)" \

@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all deps venv proto lint unit host vm demo-check test demo bench bench-frontend render-example clean
+.PHONY: all deps venv proto lint unit host vm demo-check image image-check test demo bench bench-frontend render-example clean
 
 all: test
 
@@ -31,6 +31,7 @@ lint: venv
 	$(BIN)/ruff check felix_nat64 testbed tests benchmarks scripts
 	$(BIN)/mypy felix_nat64 testbed
 	$(BIN)/lint-imports
+	shellcheck image/*
 
 # Pure tests and the fuzz/bad-settings suites: no root needed.
 unit: venv
@@ -48,10 +49,20 @@ vm: venv
 demo-check: venv
 	$(PY) -m testbed.vm $(BIN)/felix-nat64 demo --here
 
+# The container image, built by buildah on a Debian base made by mmdebstrap
+# and a TEST STAND-IN calico/node (testbed/image.py); cached under out/image.
+image: venv
+	$(PY) -m testbed.image build
+
+# The image checked on the host: build secrets, a broken driver failing the build.
+image-check: image
+	$(BIN)/pytest -q tests/image --ignore=tests/image/vm
+
 test: venv
 	$(MAKE) lint
 	$(MAKE) unit
 	$(MAKE) host
+	$(MAKE) image-check
 	$(MAKE) vm
 	$(MAKE) demo-check
 

@@ -1,8 +1,7 @@
-"""The Helm chart, the static manifest rendered from it, and the image recipe.
+"""The Helm chart and the static manifest rendered from it (the image recipe: test_image_recipe.py).
 
-Rendering goes through Helm's own engine (helm-python-sdk), Kubernetes objects
-are checked against the API's schemas offline (kubernetes-validate), and the
-shell scripts the Dockerfile installs are run here against fake binaries.
+Rendering goes through Helm's own engine (helm-python-sdk), and Kubernetes
+objects are checked against the API's schemas offline (kubernetes-validate).
 """
 
 from __future__ import annotations
@@ -10,14 +9,10 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any
@@ -35,7 +30,6 @@ from felix_nat64.wire.messages import ConfigUpdate, RawConfigSource
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "felix-nat64"
 MANIFEST = REPO / "deploy" / "felix-nat64.yaml"
-DOCKERFILE = REPO / "Dockerfile"
 MODES = ("operator", "typha", "kubernetes")
 # Oldest Kubernetes the chart declares, a middle one, the newest with schemas.
 KUBE_VERSIONS = ("1.29.0", "1.33.0", "1.37.0")
@@ -651,256 +645,6 @@ def test_cleanup_mode_runs_no_felix() -> None:
     assert main["securityContext"]["privileged"] is True
     for obj in objects:
         k8s_validate(obj)
-
-
-# -- the image recipe ----------------------------------------------------------------------
-
-HEREDOC = re.compile(r"<<-?\"?([A-Za-z_][A-Za-z0-9_]*)\"?")
-
-
-@dataclass
-class Instruction:
-    keyword: str
-    args: str
-    stage: int
-    heredocs: dict[str, str] = field(default_factory=dict)
-
-
-def parse_dockerfile(text: str) -> list[Instruction]:
-    """Instructions with continuation lines joined and heredoc bodies attached."""
-    lines = text.splitlines()
-    out: list[Instruction] = []
-    stage = -1
-    i = 0
-    while i < len(lines):
-        line = lines[i].strip()
-        i += 1
-        if not line or line.startswith("#"):
-            continue
-        while line.endswith("\\"):
-            line = line[:-1].rstrip() + " " + lines[i].strip()
-            i += 1
-        keyword, _, args = line.partition(" ")
-        keyword = keyword.upper()
-        if keyword == "FROM":
-            stage += 1
-        heredocs = {}
-        for delimiter in HEREDOC.findall(args):
-            body = []
-            while lines[i] != delimiter:
-                body.append(lines[i])
-                i += 1
-            i += 1
-            heredocs[delimiter] = "\n".join(body) + "\n"
-        out.append(Instruction(keyword, args.strip(), stage, heredocs))
-    return out
-
-
-def dockerfile() -> list[Instruction]:
-    return parse_dockerfile(DOCKERFILE.read_text())
-
-
-def installed_scripts() -> dict[str, str]:
-    """Destination path -> script, for every COPY heredoc."""
-    scripts = {}
-    for ins in dockerfile():
-        if ins.keyword == "COPY" and ins.heredocs:
-            (body,) = ins.heredocs.values()
-            scripts[ins.args.split()[-1]] = body
-    return scripts
-
-
-def test_dockerfile_stages_and_arguments() -> None:
-    instructions = dockerfile()
-    global_args = {}
-    for ins in instructions:
-        if ins.keyword == "ARG" and ins.stage == -1:
-            name, _, value = ins.args.partition("=")
-            global_args[name] = value
-    assert global_args["CALICO_VERSION"] == default_values()["calico"]["version"]
-    assert global_args["CALICO_NODE_IMAGE"] == "docker.io/calico/node"
-    assert global_args["DEBIAN_IMAGE"].startswith("debian:bookworm")
-
-    stages: list[str] = []
-    for ins in instructions:
-        if ins.keyword == "FROM":
-            words = ins.args.split()
-            stages.append(words[2] if len(words) == 3 and words[1].upper() == "AS" else "")
-        if ins.keyword == "COPY":
-            words = ins.args.split()
-            source_stage = next((w.split("=", 1)[1] for w in words if w.startswith("--from=")), None)
-            if source_stage is not None:
-                assert source_stage in stages[:-1], ins.args
-            elif not ins.heredocs:
-                sources = [w for w in words[:-1] if not w.startswith("--")]
-                for source in sources:
-                    assert (REPO / source).exists(), source
-    assert stages[0] == "calico-node" and stages[-1] == ""
-    final = [ins for ins in instructions if ins.stage == len(stages) - 1]
-    apt = " ".join(ins.args for ins in final if ins.keyword == "RUN" and "apt-get install" in ins.args)
-    for package in ("python3", "python3-nftables", "nftables", "iproute2", "kmod", "jool-tools", "tini"):
-        assert re.search(rf"(^|\s){re.escape(package)}(\s|$)", apt), package
-    entrypoint = next(ins for ins in final if ins.keyword == "ENTRYPOINT")
-    assert json.loads(entrypoint.args) == ["/usr/bin/tini", "--"]
-
-
-def test_build_context_keeps_what_pip_needs() -> None:
-    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
-    for needed in ("setup.cfg", "pyproject.toml", "felix_nat64"):
-        assert (REPO / needed).exists()
-        assert needed not in ignored
-    assert {".git", ".venv", "tests", "charts"} <= ignored
-
-
-def test_chart_commands_exist_in_the_image() -> None:
-    scripts = {Path(p).name for p in installed_scripts()}
-    assert scripts == {"felix-nat64-felix", "felix-nat64-modprobe", "felix-nat64-run-once"}
-    normal, cleanup = render(), render({"cleanupOnly": True})
-    assert main_container(normal)["args"][0] in scripts
-    assert pod_spec(normal)["initContainers"][0]["args"][0] in scripts
-    assert main_container(cleanup)["args"][0] in scripts
-
-
-@pytest.fixture
-def scripts(tmp_path: Path) -> dict[str, Path]:
-    out = {}
-    for dest, body in installed_scripts().items():
-        path = tmp_path / Path(dest).name
-        path.write_text(body)
-        path.chmod(0o755)
-        out[path.name] = path
-    return out
-
-
-def test_scripts_are_valid_bash(scripts: dict[str, Path]) -> None:
-    for path in scripts.values():
-        assert path.read_text().startswith("#!/bin/bash\n")
-        subprocess.run(["bash", "-n", str(path)], check=True, timeout=10)
-
-
-def fake(path: Path, body: str) -> Path:
-    path.write_text("#!/bin/bash\n" + body)
-    path.chmod(0o755)
-    return path
-
-
-@pytest.fixture
-def felix_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    bin_dir = tmp_path / "calico-bin"
-    bin_dir.mkdir()
-    yield {"PATH": os.environ["PATH"], "CALICO_BIN_DIR": str(bin_dir), "STATE": str(tmp_path)}
-
-
-def test_felix_runs_again_after_a_configuration_restart(scripts: dict[str, Path],
-                                                        felix_env: dict[str, str]) -> None:
-    # Exits 129 (Felix's "restart for new config") once, then fails with 3.
-    fake(Path(felix_env["CALICO_BIN_DIR"]) / "calico-node",
-         'echo "$@" >>"$STATE/runs"\n'
-         '[ "$(wc -l <"$STATE/runs")" -eq 1 ] && exit 129\n'
-         "exit 3\n")
-    result = subprocess.run([str(scripts["felix-nat64-felix"])], env=felix_env, capture_output=True,
-                            text=True, check=False, timeout=20)
-    assert result.returncode == 3
-    assert (Path(felix_env["STATE"]) / "runs").read_text() == "-felix\n-felix\n"
-    assert "restarts to apply a configuration change" in result.stderr
-
-
-def test_felix_command_line_follows_the_calico_release(scripts: dict[str, Path],
-                                                       felix_env: dict[str, str]) -> None:
-    bin_dir = Path(felix_env["CALICO_BIN_DIR"])
-    fake(bin_dir / "calico", 'echo "$@" >"$STATE/args"\n')
-    fake(bin_dir / "calico-node", "exit 99\n")
-    combined = subprocess.run([str(scripts["felix-nat64-felix"])], env=felix_env, check=False, timeout=20)
-    assert combined.returncode == 0
-    assert (Path(felix_env["STATE"]) / "args").read_text() == "component felix\n"
-    (bin_dir / "calico").unlink()
-    (bin_dir / "calico-node").unlink()
-    missing = subprocess.run([str(scripts["felix-nat64-felix"])], env=felix_env, capture_output=True,
-                             text=True, check=False, timeout=20)
-    assert missing.returncode == 1 and "no Felix" in missing.stderr
-
-
-def test_sigterm_reaches_felix(scripts: dict[str, Path], felix_env: dict[str, str]) -> None:
-    state = Path(felix_env["STATE"])
-    fake(Path(felix_env["CALICO_BIN_DIR"]) / "calico-node",
-         'trap \'echo stopped >"$STATE/term"; exit 0\' TERM\n'
-         'echo up >"$STATE/up"\n'
-         "while :; do sleep 0.05; done\n")
-    proc = subprocess.Popen([str(scripts["felix-nat64-felix"])], env=felix_env)
-    try:
-        deadline = time.monotonic() + 10
-        while not (state / "up").exists():
-            assert time.monotonic() < deadline, "fake Felix never started"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert (state / "term").read_text() == "stopped\n"
-
-
-@pytest.fixture
-def module_env(tmp_path: Path) -> dict[str, str]:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    kernel = subprocess.run(["uname", "-r"], capture_output=True, text=True, check=True).stdout.strip()
-    (tmp_path / "modules" / kernel).mkdir(parents=True)
-    (tmp_path / "sys" / "module").mkdir(parents=True)
-    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "FELIX_NAT64_SYSFS": str(tmp_path / "sys"),
-            "FELIX_NAT64_MODULES": str(tmp_path / "modules"), "BIN": str(bin_dir), "ROOT": str(tmp_path)}
-
-
-def run_modprobe(scripts: dict[str, Path], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(scripts["felix-nat64-modprobe"])], env=env, capture_output=True, text=True,
-                          check=False, timeout=20)
-
-
-def test_modprobe_explains_a_missing_jool(scripts: dict[str, Path], module_env: dict[str, str]) -> None:
-    fake(Path(module_env["BIN"]) / "modinfo", "exit 1\n")
-    fake(Path(module_env["BIN"]) / "modprobe", 'echo "must not run" >&2; exit 1\n')
-    result = run_modprobe(scripts, module_env)
-    assert result.returncode == 1
-    assert "no jool kernel module" in result.stderr and "jool-dkms" in result.stderr
-    assert "must not run" not in result.stderr
-
-
-def test_modprobe_loads_jool(scripts: dict[str, Path], module_env: dict[str, str]) -> None:
-    fake(Path(module_env["BIN"]) / "modinfo", "exit 0\n")
-    fake(Path(module_env["BIN"]) / "modprobe",
-         '[ "$1" = jool ] || exit 1\n'
-         'mkdir -p "$FELIX_NAT64_SYSFS/module/jool"\n'
-         'echo 4.1.9.0 >"$FELIX_NAT64_SYSFS/module/jool/version"\n')
-    result = run_modprobe(scripts, module_env)
-    assert result.returncode == 0, result.stderr
-    assert "loaded jool 4.1.9.0" in result.stdout
-    # Already loaded: nothing to do, not even with modprobe gone.
-    (Path(module_env["BIN"]) / "modprobe").unlink()
-    result = run_modprobe(scripts, module_env)
-    assert result.returncode == 0 and "already loaded" in result.stdout
-
-
-def test_modprobe_needs_the_hosts_modules(scripts: dict[str, Path], module_env: dict[str, str]) -> None:
-    module_env["FELIX_NAT64_MODULES"] = str(Path(module_env["ROOT"]) / "nowhere")
-    result = run_modprobe(scripts, module_env)
-    assert result.returncode == 1 and "not mounted" in result.stderr
-
-
-def test_run_once_marks_success_and_idles(scripts: dict[str, Path], tmp_path: Path) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake(bin_dir / "sleep", 'echo "idle $*" >"$STATE/slept"\n')
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "STATE": str(tmp_path),
-           "FELIX_NAT64_DONE_FILE": str(tmp_path / "done")}
-    ok = subprocess.run([str(scripts["felix-nat64-run-once"]), "true"], env=env, check=False, timeout=10)
-    assert ok.returncode == 0 and (tmp_path / "done").exists()
-    assert (tmp_path / "slept").read_text() == "idle infinity\n"
-    (tmp_path / "done").unlink()
-    failed = subprocess.run([str(scripts["felix-nat64-run-once"]), "sh", "-c", "exit 7"], env=env,
-                            check=False, timeout=10)
-    assert failed.returncode == 7 and not (tmp_path / "done").exists()
 
 
 def test_render_script_passes_helm_style_arguments(tmp_path: Path,

@@ -1,0 +1,134 @@
+"""The image as built by make image: what it holds, what it must not hold, and a build that must fail.
+
+Runs on the host as root with buildah (scripts/install-system-deps.sh); the
+build's layers are cached, so after make image the fixture takes seconds.
+The image's userland is run against the real Jool module by tests/image/vm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testbed.image import (
+    REPO,
+    STANDIN_REPOSITORY,
+    Build,
+    ImageError,
+    build,
+    image_exists,
+    image_inspect,
+    mounted,
+    resolve_pip_settings,
+)
+
+# Where pip looks for configuration inside the image (root's home, the venv's site file).
+PIP_PATHS = ("etc/pip.conf", "etc/xdg/pip", "root/.config/pip", "root/.pip", "opt/felix-nat64/pip.conf",
+             "run/secrets")
+
+
+@pytest.fixture(scope="module")
+def built() -> Build:
+    if os.geteuid() != 0:
+        pytest.fail("tests/image build images with buildah as root: sudo make image-check", pytrace=False)
+    return build(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def layers(built: Build, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Every layer of the image as pushed (what a registry would store)."""
+    out = tmp_path_factory.mktemp("oci")
+    subprocess.run(["buildah", "push", "--quiet", built.name, f"oci:{out}"], check=True, capture_output=True)
+    index = json.loads((out / "index.json").read_text())
+    digest = index["manifests"][0]["digest"].split(":", 1)[1]
+    manifest = json.loads((out / "blobs" / "sha256" / digest).read_text())
+    return [out / "blobs" / "sha256" / layer["digest"].split(":", 1)[1] for layer in manifest["layers"]]
+
+
+@pytest.fixture(scope="module")
+def rootfs(built: Build) -> Iterator[Path]:
+    with mounted(built.name) as root:
+        yield root
+
+
+def test_the_image_runs_felix_nat64_felix_under_tini(built: Build) -> None:
+    config = built.config
+    assert config["Entrypoint"] == ["/usr/bin/tini", "--"] and config["Cmd"] == ["felix-nat64-felix"]
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["PATH"].startswith("/opt/felix-nat64/bin:")
+    assert not [name for name in env if name.startswith("PIP_")]
+    labels: dict[str, str] = config["Labels"]
+    assert labels["org.opencontainers.image.title"] == "felix-nat64"
+    # Built on the TEST STAND-IN calico/node, and it says so.
+    assert labels["felix-nat64.calico-version"] == built.calico_node.rsplit(":", 1)[1]
+    assert built.calico_node.startswith(STANDIN_REPOSITORY + ":standin-")
+    standin = image_inspect(built.calico_node)["OCIv1"]["config"]["Labels"]
+    assert "TEST STAND-IN" in standin["org.opencontainers.image.title"]
+
+
+def _host_pip_material(tmp: Path) -> tuple[list[bytes], list[str]]:
+    """This machine's pip settings: the files a build receives, and URLs they name."""
+    settings = resolve_pip_settings(os.environ, os.path.expanduser("~"), tmp)
+    contents = [Path(src).read_bytes() for sid, src in settings.secrets.items() if sid != "pip-cert"]
+    urls = [word for line in (tmp / "pip.conf").read_text().splitlines() if "index-url" in line
+            for word in line.split("=", 1)[1].split()] if (tmp / "pip.conf").exists() else []
+    return contents, urls
+
+
+def test_no_pip_settings_or_build_secrets_reach_the_image(built: Build, rootfs: Path, layers: list[Path],
+                                                         tmp_path: Path) -> None:
+    contents, urls = _host_pip_material(tmp_path)
+    present = [p for p in PIP_PATHS if (rootfs / p).exists()]
+    assert present == [], present
+    # No layer ever held a pip setting or a secret (a later layer could hide it from the rootfs).
+    for layer in layers:
+        with tarfile.open(layer) as tar:
+            for member in tar:
+                name = member.name.lstrip("./")
+                assert not name.startswith(PIP_PATHS), (layer.name, name)
+                if member.isfile() and any(member.size == len(c) for c in contents):
+                    handle = tar.extractfile(member)
+                    assert handle is not None
+                    assert handle.read() not in contents, (layer.name, name)
+    history = json.dumps(image_inspect(built.name))
+    for url in urls:
+        assert url not in history
+        found = subprocess.run(["grep", "-rlF", "--", url, str(rootfs)], capture_output=True, text=True,
+                               check=False)
+        assert found.stdout == "", found.stdout
+
+
+def test_no_local_certificate_authority_reaches_the_image(rootfs: Path) -> None:
+    bundle = (rootfs / "etc/ssl/certs/ca-certificates.crt").read_text()
+    assert bundle.count("BEGIN CERTIFICATE") > 50  # Debian's own, made in the image
+    local = [p for p in Path("/usr/local/share/ca-certificates").rglob("*.crt")]
+    for cert in local:
+        body = "".join(cert.read_text().split("-----")[2].split())
+        assert body not in "".join(bundle.split()), cert
+    assert not list((rootfs / "usr/local/share/ca-certificates").iterdir())
+
+
+def test_the_build_fails_when_the_driver_cannot_start(built: Build, tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    ignore = shutil.ignore_patterns(".git", ".venv", "out", "__pycache__", ".mypy_cache", ".ruff_cache",
+                                    ".pytest_cache", ".hypothesis", "*.egg-info", "tests", "benchmarks")
+    shutil.copytree(REPO, context, ignore=ignore)
+    entry = context / "felix_nat64" / "cli" / "entry.py"
+    source = entry.read_text()
+    assert "    problem = _felix_fds_problem()\n" in source
+    entry.write_text(source.replace("    problem = _felix_fds_problem()\n",
+                                    '    problem = "the driver is broken on purpose by a test"\n'))
+    name = "localhost/felix-nat64:must-not-build"
+    with pytest.raises(ImageError) as failed:
+        build(context, tag=name, quiet=True, record=False)
+    message = str(failed.value)
+    assert "felix-nat64-selfcheck: felix-nat64-driver failed on a Felix stream (exit status 1)" in message
+    assert "the driver is broken on purpose by a test" in message
+    assert not image_exists(name)
