@@ -16,9 +16,10 @@ packages=(
   gcc libc6-dev
   # The test VM: Debian's kernel with Jool built by DKMS, booted by virtme-ng.
   qemu-system-x86 linux-image-amd64 linux-headers-amd64 jool-dkms jool-tools busybox-static
-  # The container image (make image): a Debian base made by mmdebstrap, built
-  # and run by buildah without a daemon; shellcheck lints the image's scripts.
-  buildah mmdebstrap shellcheck
+  # The container image (make image): a Debian base made by mmdebstrap (dpkg
+  # without fsync through eatmydata), built by buildah without a daemon;
+  # shellcheck lints the image's scripts.
+  buildah mmdebstrap eatmydata shellcheck
 )
 
 missing=()

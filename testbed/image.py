@@ -52,8 +52,9 @@ DPKG_OPTIONS = (
     "path-exclude=/usr/share/locale/*", "path-include=/usr/share/locale/locale.alias",
 )
 APT_OPTIONS = ('Acquire::Languages "none"',)
-# Merged /usr by symlinks, not by the usrmerge package (which pulls in perl).
-MERGED_USR_HOOKS = "/usr/share/mmdebstrap/hooks/merged-usr"
+# Merged /usr by symlinks, not by the usrmerge package (which pulls in perl);
+# dpkg without fsync (eatmydata) while the tarball is made.
+HOOK_DIRS = ("/usr/share/mmdebstrap/hooks/merged-usr", "/usr/share/mmdebstrap/hooks/eatmydata")
 # Like the -slim images, apt keeps no packages or caches after it runs: the
 # Dockerfile's apt-get steps rely on that for small layers.
 APT_CLEAN_NAME = "90felix-nat64-clean"
@@ -135,7 +136,7 @@ def base_sources() -> list[str]:
 def base_key() -> str:
     """Changes whenever something that shapes the base tarball changes."""
     mmdebstrap = run(["dpkg-query", "-W", "-f=${Version}", "mmdebstrap"]).stdout
-    return _digest(SUITE, "minbase", base_sources(), DPKG_OPTIONS, APT_OPTIONS, MERGED_USR_HOOKS, APT_CLEAN,
+    return _digest(SUITE, "minbase", base_sources(), DPKG_OPTIONS, APT_OPTIONS, HOOK_DIRS, APT_CLEAN,
                    mmdebstrap)
 
 
@@ -157,7 +158,7 @@ def base_image(log: Log) -> str:
             clean = Path(conf_dir, APT_CLEAN_NAME)
             clean.write_text(APT_CLEAN)
             run(["mmdebstrap", "--quiet", "--mode=root", "--variant=minbase", "--format=tar",
-                 f"--hook-dir={MERGED_USR_HOOKS}",
+                 *(f"--hook-dir={d}" for d in HOOK_DIRS),
                  *(f"--dpkgopt={o}" for o in DPKG_OPTIONS), *(f"--aptopt={o}" for o in APT_OPTIONS),
                  f"--customize-hook=copy-in {clean} /etc/apt/apt.conf.d",
                  SUITE, str(tmp), *base_sources()])
@@ -371,7 +372,7 @@ def tree_bytes(root: Path) -> int:
 def build(context: Path = REPO, tag: str | None = None, cache: bool = True, quiet: bool = False,
           record: bool = True) -> Build:
     """Builds the image from `context` (the repository) on the local base and stand-in."""
-    _require("buildah", "mmdebstrap", "mke2fs")
+    _require("buildah", "mmdebstrap", "eatmydata", "mke2fs")
     log = Log(quiet=quiet)
     started = time.monotonic()
     base = base_image(log)
@@ -384,7 +385,9 @@ def build(context: Path = REPO, tag: str | None = None, cache: bool = True, quie
         for note in pip.notes:
             if not quiet:
                 print(f"image: {note}", file=sys.stderr)
-        argv = ["buildah", "build", "--isolation", "chroot", "--layers", "--pull=never",
+        # The build and final stages install their Debian packages at once (--jobs).
+        jobs = min(os.cpu_count() or 1, 3)
+        argv = ["buildah", "build", "--isolation", "chroot", "--layers", f"--jobs={jobs}", "--pull=never",
                 *([] if cache else ["--no-cache"]), "-f", str(context / "Dockerfile"), "-t", name,
                 "--build-arg", f"DEBIAN_IMAGE={base}",
                 "--build-arg", f"CALICO_NODE_IMAGE={standin_repo}",
