@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all deps venv proto lint unit host vm demo-check image image-check test demo bench bench-frontend render-example clean
+.PHONY: all deps venv proto lint unit host vm demo-check image image-check test demo bench bench-frontend bench-image render-example clean
 
 all: test
 
@@ -84,6 +84,12 @@ bench: venv
 	status=0; $(PY) -m testbed.vm $(PY) -m benchmarks.datapath $(BENCH_ARGS) || status=$$?; \
 	$(PY) -m testbed.vm $(PY) -m benchmarks.footprint || status=$$?; \
 	$(PY) -m benchmarks.report && exit $$status
+
+# The built image's driver under its calico-node stand-in, on this host
+# (benchmarks.footprint --image; docs/bench/footprint-image.json).
+bench-image: image
+	$(PY) -m benchmarks.prepare
+	$(PY) -m benchmarks.footprint --image
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
