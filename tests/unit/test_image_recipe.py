@@ -5,6 +5,7 @@ need a node). The image itself is built and run by tests/image (make image-check
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -13,9 +14,10 @@ import subprocess
 import sys
 import time
 import zipapp
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -216,21 +218,16 @@ def wait_for(path: Path, what: str, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def test_sigterm_reaches_felix(felix_env: dict[str, str]) -> None:
+def test_sigterm_reaches_felix(felix_env: dict[str, str], spawn: Spawn) -> None:
     state = Path(felix_env["STATE"])
     fake(Path(felix_env["CALICO_BIN_DIR"]) / "calico-node",
          'trap \'echo stopped >"$STATE/term"; exit 0\' TERM\n'
          'echo up >"$STATE/up"\n'
          "while :; do sleep 0.05; done\n")
-    proc = subprocess.Popen([script("felix-nat64-felix")], env=felix_env)
-    try:
-        wait_for(state / "up", "fake Felix never started")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc = spawn([script("felix-nat64-felix")], felix_env)
+    wait_for(state / "up", "fake Felix never started")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
     assert (state / "term").read_text() == "stopped\n"
 
 
@@ -372,7 +369,9 @@ os.fstat(4)
 data = b""
 while len(data) < int(os.environ["EXPECT"]):
     data += os.read(3, 65536)
-open(f"{state}/received", "wb").write(data)
+# Written whole, then renamed: the test waits for the name to appear.
+open(f"{state}/received.part", "wb").write(data)
+os.rename(f"{state}/received.part", f"{state}/received")
 print("fake driver has the stream", flush=True)
 if os.environ.get("DRIVER_EXITS"):
     sys.exit(int(os.environ["DRIVER_EXITS"]))
@@ -403,14 +402,39 @@ def standin(tmp_path: Path) -> dict[str, str]:
             "FELIX_DATAPLANEDRIVER": "fake-driver", "FELIX_NAT64_STANDIN_STREAM": str(tmp_path / "stream")}
 
 
-def start_standin(env: dict[str, str], *argv: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([f"{env['CALICO_BIN_DIR']}/calico-node", *(argv or ["-felix"])], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+Spawn = Callable[..., "subprocess.Popen[str]"]
 
 
-def test_standin_streams_and_stops_like_felix_on_sigterm(standin: dict[str, str]) -> None:
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Starts processes that each lead their own group, killed whole when the test ends.
+
+    A failed assertion must not leave a Felix, a stand-in or a fake driver
+    running behind a wrapper that was killed alone.
+    """
+    started: list[subprocess.Popen[str]] = []
+
+    def start(argv: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen[str]:
+        proc: subprocess.Popen[str] = subprocess.Popen(argv, env=env, start_new_session=True, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+
+
+def start_standin(spawn: Spawn, env: dict[str, str], *argv: str) -> subprocess.Popen[str]:
+    return spawn([f"{env['CALICO_BIN_DIR']}/calico-node", *(argv or ["-felix"])], env,
+                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_standin_streams_and_stops_like_felix_on_sigterm(standin: dict[str, str], spawn: Spawn) -> None:
     state = Path(standin["STATE"])
-    proc = start_standin(standin)
+    proc = start_standin(spawn, standin)
     wait_for(state / "received", "the stand-in never delivered the stream")
     assert (state / "received").read_bytes() == (state / "stream").read_bytes()
     proc.send_signal(signal.SIGTERM)
@@ -419,9 +443,9 @@ def test_standin_streams_and_stops_like_felix_on_sigterm(standin: dict[str, str]
     assert "fake driver has the stream" in out and "driver exited with status 0" in out
 
 
-def test_standin_exits_129_on_sighup(standin: dict[str, str]) -> None:
+def test_standin_exits_129_on_sighup(standin: dict[str, str], spawn: Spawn) -> None:
     state = Path(standin["STATE"])
-    proc = start_standin(standin)
+    proc = start_standin(spawn, standin)
     wait_for(state / "received", "the stand-in never delivered the stream")
     started = time.monotonic()
     proc.send_signal(signal.SIGHUP)
@@ -431,8 +455,8 @@ def test_standin_exits_129_on_sighup(standin: dict[str, str]) -> None:
     assert "exiting with 129 for the config change" in out
 
 
-def test_standin_exits_when_the_driver_does(standin: dict[str, str]) -> None:
-    proc = start_standin({**standin, "DRIVER_EXITS": "3"})
+def test_standin_exits_when_the_driver_does(standin: dict[str, str], spawn: Spawn) -> None:
+    proc = start_standin(spawn, {**standin, "DRIVER_EXITS": "3"})
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 1 and "driver process stopped (status 3)" in out
 
@@ -443,32 +467,27 @@ def test_standin_exits_when_the_driver_does(standin: dict[str, str]) -> None:
     ({"FELIX_NAT64_STANDIN_STREAM": "/nonexistent"}, "cannot read the recorded stream"),
 ])
 def test_standin_refuses_what_felix_would_not_run(standin: dict[str, str], change: dict[str, str],
-                                                  message: str) -> None:
-    proc = start_standin({**standin, **change})
+                                                  message: str, spawn: Spawn) -> None:
+    proc = start_standin(spawn, {**standin, **change})
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 1 and message in out
-    proc = start_standin(standin, "-bird")
+    proc = start_standin(spawn, standin, "-bird")
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 1 and "only 'calico-node -felix'" in out
 
 
-def test_the_wrapper_restarts_the_standin_after_129(standin: dict[str, str]) -> None:
+def test_the_wrapper_restarts_the_standin_after_129(standin: dict[str, str], spawn: Spawn) -> None:
     state = Path(standin["STATE"])
-    proc = subprocess.Popen([script("felix-nat64-felix")], env=standin, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_for(state / "received", "the first Felix never delivered the stream")
-        (state / "received").unlink()
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text()
-        (standin_pid,) = [int(p) for p in children.split()]
-        os.kill(standin_pid, signal.SIGHUP)
-        wait_for(state / "received", "Felix did not start again after exiting with 129")
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc = spawn([script("felix-nat64-felix")], standin, stdout=subprocess.PIPE,
+                 stderr=subprocess.STDOUT, text=True)
+    wait_for(state / "received", "the first Felix never delivered the stream")
+    (state / "received").unlink()
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text()
+    (standin_pid,) = [int(p) for p in children.split()]
+    os.kill(standin_pid, signal.SIGHUP)
+    wait_for(state / "received", "Felix did not start again after exiting with 129")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
     assert "Felix restarts to apply a configuration change" in out
     assert out.count("fake driver has the stream") == 2
     assert proc.returncode == 1  # what Felix returns after SIGTERM
