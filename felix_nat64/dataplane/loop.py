@@ -18,7 +18,6 @@ from felix_nat64.dataplane.managers import FelixView
 from felix_nat64.drivers.api import Dataplane, DataplaneError
 from felix_nat64.logs import EventLogger
 from felix_nat64.model.desired import CapacityError, build_desired, unsupported_dataplane
-from felix_nat64.model.jsonview import to_jsonable
 from felix_nat64.model.state import DesiredState
 from felix_nat64.observe.status import ApplyRecord, StatusBoard
 from felix_nat64.wire import messages as m
@@ -136,22 +135,17 @@ class DataplaneLoop:
         if self.view.in_sync and not was_in_sync:
             self._log.info("in sync with Felix", pools=len(self.view.pools.pools),
                            hosts=len(self.view.hosts.hosts))
-            self._status.update(in_sync=True, in_sync_at=self._wall())
+            self._status.set_in_sync(self._wall())
             self._publish()
 
     def _publish_settings(self) -> None:
         result = self.view.settings.last_result
         if result is None:
             return
-        self._status.update(
-            settings_ok=result.ok,
-            settings_errors=[str(e) for e in result.errors],
-            settings_warnings=list(result.warnings),
-            settings=to_jsonable(self.view.settings.in_force),
-            origins={k: {"source": o.source or "felix (resolved)", "raw_key": o.raw_key,
-                         "value": o.value} for k, o in result.origins.items()},
-            settings_rejections=self.view.settings.rejections,
-        )
+        self._status.set_settings(
+            ok=result.ok, errors=tuple(str(e) for e in result.errors), warnings=result.warnings,
+            in_force=self.view.settings.in_force, origins=result.origins,
+            rejections=self.view.settings.rejections)
         self._publish()
 
     # -- applying -------------------------------------------------------------
@@ -199,8 +193,7 @@ class DataplaneLoop:
                 if warning not in self._warned:
                     self._log.warning("configuration warning", detail=warning)
             self._warned = desired.warnings
-        self._status.update(desired=to_jsonable(desired), desired_error="",
-                            warnings=list(desired.warnings))
+        self._status.set_desired(desired)
         return desired
 
     def _refuse_unsupported(self, reason: str) -> bool:
@@ -257,7 +250,7 @@ class DataplaneLoop:
             else self._opt.default_resync_interval
         self._resync_at = self._clock() + interval
         if drift:
-            self._status.increment("drift_repairs")
+            self._status.count_drift_repair()
             self._log.warning("repaired drift in kernel state", changes=outcome.changes)
         if first or outcome.changes:
             self._log.info("dataplane applied", translators=len(desired.translators),
@@ -274,7 +267,7 @@ class DataplaneLoop:
         self._dirty = False
         self._retry_at = None
         self._resync_at = None
-        self._status.update(in_sync=False, in_sync_at=None, first_apply_after_sync=None)
+        self._status.set_in_sync(None)
         self._publish()
 
     @property

@@ -8,7 +8,6 @@ the driver loop.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -18,7 +17,8 @@ from felix_nat64 import __version__
 from felix_nat64.drivers.nft.ruleset import COUNTERS
 from felix_nat64.model.protocol import PROTOCOLS
 from felix_nat64.observe.kernel_stats import KernelStats
-from felix_nat64.observe.status import StatusBoard
+from felix_nat64.observe.status import StatusBoard, StatusSnapshot
+from felix_nat64.wire.transport import StreamSnapshot
 
 PREFIX = "calico_nat64"
 
@@ -57,41 +57,40 @@ class NAT64Collector(Collector):
     def collect(self) -> Iterator[Metric]:
         snap = self._status.snapshot()
         yield from self._driver_families(snap)
-        yield from self._stream_families(snap)
+        yield from self._stream_families(snap.stream)
         stats = self._stats()
         if stats is not None:
             yield from self._kernel_families(stats)
 
-    def _driver_families(self, snap: dict[str, Any]) -> Iterator[Metric]:
-        settings = snap.get("settings") or {}
+    def _driver_families(self, snap: StatusSnapshot) -> Iterator[Metric]:
+        d = snap.driver
         info = GaugeMetricFamily(f"{PREFIX}_info", "felix-nat64 version and the NAT64 prefixes in force.",
                                  labels=["version", "host", "prefixes"])
-        info.add_metric([__version__, self._host, ",".join(settings.get("prefixes") or [])], 1)
+        prefixes = d.settings.prefixes if d.settings is not None else ()
+        info.add_metric([__version__, self._host, ",".join(map(str, prefixes))], 1)
         yield info
         yield _gauge("felix_in_sync", "1 once Felix has sent its whole snapshot (InSync).",
-                     1 if snap["in_sync"] else 0)
+                     1 if d.in_sync else 0)
         yield _gauge("ready", "1 when NAT64 is applied and nothing is wrong (see /readiness).",
-                     1 if snap["ready"] else 0)
+                     1 if snap.ready else 0)
         yield _gauge("settings_errors", "Settings rejected in Felix's last ConfigUpdate.",
-                     len(snap["settings_errors"]))
+                     len(d.settings_errors))
         yield _gauge("unsupported_dataplane", "1 when this node's Calico dataplane is one felix-nat64 "
                      "cannot work with (the eBPF dataplane): nothing is programmed.",
-                     1 if snap["unsupported_dataplane"] else 0)
+                     1 if d.unsupported_dataplane else 0)
         yield _counter("settings_rejections", "ConfigUpdates whose settings were rejected.",
-                       snap["settings_rejections"])
+                       d.settings_rejections)
         yield _gauge("config_warnings", "Configuration warnings (e.g. no IP pool covering a prefix).",
-                     len(snap["warnings"]) + len(snap["settings_warnings"]))
-        desired = snap.get("desired") or {}
+                     len(d.warnings) + len(d.settings_warnings))
         yield _gauge("translators_desired", "Translators (one per /96 parent) the settings call for.",
-                     len(desired.get("translators") or []))
-        yield _counter("dataplane_applies", "Attempts to program the kernel.", snap["applies"])
-        yield _counter("dataplane_apply_failures", "Failed attempts to program the kernel.",
-                       snap["apply_failures"])
+                     len(d.desired.translators) if d.desired is not None else 0)
+        yield _counter("dataplane_applies", "Attempts to program the kernel.", d.applies)
+        yield _counter("dataplane_apply_failures", "Failed attempts to program the kernel.", d.apply_failures)
         yield _counter("dataplane_drift_repairs", "Periodic resyncs that found and repaired kernel drift.",
-                       snap["drift_repairs"])
-        if snap.get("last_success_at"):
+                       d.drift_repairs)
+        if d.last_success_at:
             yield _gauge("dataplane_last_success_timestamp_seconds",
-                         "When the kernel was last brought to the desired state.", snap["last_success_at"])
+                         "When the kernel was last brought to the desired state.", d.last_success_at)
         hist = HistogramMetricFamily(f"{PREFIX}_dataplane_apply_duration_seconds",
                                      "Time to converge the kernel on the desired state.")
         cumulative = []
@@ -100,19 +99,18 @@ class NAT64Collector(Collector):
         hist.add_metric([], cumulative, self._apply.total)
         yield hist
 
-    def _stream_families(self, snap: dict[str, Any]) -> Iterator[Metric]:
-        stream = snap["stream"]
+    def _stream_families(self, stream: StreamSnapshot) -> Iterator[Metric]:
         msgs = CounterMetricFamily(f"{PREFIX}_felix_messages", "Felix messages received, by payload type.",
                                    labels=["payload"])
-        for payload, count in sorted(stream["by_payload"].items()):
+        for payload, count in sorted(stream.by_payload.items()):
             msgs.add_metric([payload], count)
         yield msgs
         bad = CounterMetricFamily(f"{PREFIX}_felix_undecodable_messages",
                                   "Well-framed Felix messages that could not be decoded.", labels=["used"])
-        bad.add_metric(["true"], stream["undecodable_used"])
-        bad.add_metric(["false"], stream["undecodable_other"])
+        bad.add_metric(["true"], stream.undecodable_used)
+        bad.add_metric(["false"], stream.undecodable_other)
         yield bad
-        yield _counter("felix_bytes", "Bytes read from Felix's stream.", stream["bytes"])
+        yield _counter("felix_bytes", "Bytes read from Felix's stream.", stream.bytes)
 
     def _kernel_families(self, stats: KernelStats) -> Iterator[Metric]:
         yield _gauge("kernel_sample_timestamp_seconds", "When kernel state was last sampled.", stats.at)

@@ -14,8 +14,9 @@ import socket
 import stat
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from felix_nat64.logs import EventLogger
@@ -34,9 +35,22 @@ FELIX_WRITE_FD = 4
 READ_CHUNK = 1 << 20
 
 
+@dataclass(frozen=True)
+class StreamSnapshot:
+    """What had come down the stream at one moment."""
+
+    frames: int = 0
+    bytes: int = 0
+    by_payload: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    undecodable_used: int = 0
+    undecodable_other: int = 0
+    last_undecodable: str = ""
+
+
 @dataclass
 class StreamCounters:
-    """What has come down the stream; written by the reader thread only."""
+    """What has come down the stream; written by the reader thread only, read
+    by others through `snapshot()`."""
 
     frames: int = 0
     bytes: int = 0
@@ -44,6 +58,14 @@ class StreamCounters:
     undecodable_used: int = 0
     undecodable_other: int = 0
     last_undecodable: str = ""
+
+    def snapshot(self) -> StreamSnapshot:
+        """A frozen copy. Each field is read once; a frame counted while the
+        copy is taken may show in one field and not yet in another. Copying
+        the Counter is one C-level dict merge under the GIL, so it never sees
+        the reader add a key halfway."""
+        return StreamSnapshot(self.frames, self.bytes, MappingProxyType(dict(self.by_payload)),
+                              self.undecodable_used, self.undecodable_other, self.last_undecodable)
 
 
 class TransportError(Exception):

@@ -590,7 +590,7 @@ def test_pool_overlapping_a_prefix_is_never_a_nat64_source(
     else:
         assert len(contains) == 1 and contains[0].startswith(warning)
         assert "list pod CIDRs in NAT64SourceCIDRs" in contains[0]
-        assert driver.status.get("warnings") == list(desired.warnings)
+        assert driver.status.status.warnings == desired.warnings
         assert driver.metric("calico_nat64_config_warnings") >= 1
     assert driver.status.readiness() == (True, [])  # a warning, not an error
     pools = (Pool("other", ipaddress.ip_network(pool), False, allowed_uses),

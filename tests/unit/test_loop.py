@@ -113,8 +113,8 @@ def test_failed_apply_is_retried_with_backoff() -> None:
     dp = RecordingDataplane(failures=3)
     _, status, _ = run_loop([config(NAT64Prefixes="64:ff9b::/96"), m.InSync()], dp, settle=0.5)
     assert len(dp.applied) == 1
-    assert status.get("apply_failures") == 3
-    assert status.get("consecutive_failures") == 0
+    assert status.status.apply_failures == 3
+    assert status.status.consecutive_failures == 0
     assert status.readiness()[0]
 
 
@@ -124,7 +124,7 @@ def test_failing_apply_keeps_running_and_reports_not_ready() -> None:
     assert end == StreamEnd()
     ready, reasons = status.readiness()
     assert not ready and any("injected failure" in r for r in reasons)
-    assert status.get("apply_failures") >= 3
+    assert status.status.apply_failures >= 3
 
 
 def test_invalid_first_settings_leave_the_kernel_untouched() -> None:
@@ -149,7 +149,7 @@ def test_bad_settings_later_keep_the_last_good_ones() -> None:
     assert loop.view.settings.in_force is not None
     assert loop.view.settings.in_force.prefixes == (N6("64:ff9b::/96"),)
     assert not status.readiness()[0]
-    assert status.get("settings_rejections") == 1
+    assert status.status.settings_rejections == 1
 
 
 def test_turning_nat64_off_applies_an_empty_state() -> None:
@@ -233,7 +233,7 @@ def test_retries_and_desired_changes_are_not_counted_as_drift() -> None:
     loop.handle(pool("fd00:9::/64"))
     loop.step()
     assert len(dp.applied) == 2
-    assert status.get("drift_repairs") == 0
+    assert status.status.drift_repairs == 0
 
 
 def test_configuration_warnings_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -272,7 +272,7 @@ def test_bpf_dataplane_programs_nothing_and_says_why() -> None:
     ready, reasons = status.readiness()
     assert not ready
     assert len(reasons) == 1 and "BPFEnabled=true" in reasons[0] and "programs nothing" in reasons[0]
-    assert status.snapshot()["unsupported_dataplane"] == reasons[0]
+    assert status.status.unsupported_dataplane == reasons[0]
 
 
 def test_bpf_dataplane_programs_nothing_in_the_running_loop() -> None:
@@ -316,11 +316,11 @@ def test_bpf_off_again_programs_as_usual() -> None:
     # Felix restarts for a BPFEnabled change; a live ConfigUpdate is handled the same way.
     loop, status, dp = stepped(config(NAT64Prefixes="64:ff9b::/96", BPFEnabled="true"), pool("fd00::/64"),
                                m.InSync())
-    assert dp.applied == [] and status.get("unsupported_dataplane")
+    assert dp.applied == [] and status.status.unsupported_dataplane
     loop.handle(config(NAT64Prefixes="64:ff9b::/96", BPFEnabled="false"))
     loop.step()
     assert len(dp.applied) == 1 and dp.applied[0].active
-    assert status.get("unsupported_dataplane") == ""
+    assert status.status.unsupported_dataplane == ""
     assert status.readiness() == (True, [])
 
 

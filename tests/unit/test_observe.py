@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -16,14 +18,17 @@ import pytest
 from prometheus_client import generate_latest
 
 from felix_nat64 import logs
+from felix_nat64.cli import sessions as sessions_cli
+from felix_nat64.cli import status as status_cli
 from felix_nat64.cli.main import main
 from felix_nat64.dataplane.managers import FelixView
+from felix_nat64.drivers.jool import SessionEntry, SessionTimer, Taddr4, Taddr6, TcpState
 from felix_nat64.model.desired import build_desired
-from felix_nat64.model.jsonview import to_jsonable
 from felix_nat64.model.protocol import Protocol
 from felix_nat64.observe.health import HealthServer, Heartbeat
 from felix_nat64.observe.kernel_stats import KernelStats, StatsPoller, TranslatorStats
 from felix_nat64.observe.metrics import ApplyTimes, NAT64Collector, registry_for
+from felix_nat64.observe.session_table import TablePage, TableQuery, TableRow
 from felix_nat64.observe.status import ApplyRecord, StatusBoard, write_status_file
 from felix_nat64.wire import messages as m
 
@@ -34,9 +39,10 @@ def board_in_sync(ok: bool = True) -> StatusBoard:
     view.on_message(m.ConfigUpdate(MappingProxyType({"NAT64Prefixes": "64:ff9b::/96"})))
     inputs = view.inputs({})
     assert inputs is not None
-    board.update(in_sync=True, in_sync_at=1.0, settings_ok=True,
-                 settings=to_jsonable(view.settings.in_force),
-                 desired=to_jsonable(build_desired(inputs)))
+    board.set_in_sync(1.0)
+    board.set_settings(ok=True, errors=(), warnings=(), in_force=view.settings.in_force, origins={},
+                       rejections=0)
+    board.set_desired(build_desired(inputs))
     board.record_apply(ApplyRecord(2.0, 0.012, ok, "" if ok else "boom", changes=7))
     return board
 
@@ -62,7 +68,7 @@ class TestReadiness:
         assert "dataplane apply failing: nft says no" in board.readiness()[1]
         board.record_apply(ApplyRecord(2.0, 0.1, True))
         assert board.readiness() == (True, [])
-        board.update(settings_ok=False, settings_errors=["NAT64MTU='1': out of range"])
+        board.update(settings_ok=False, settings_errors=("NAT64MTU='1': out of range",))
         assert not board.readiness()[0]
 
     def test_undecodable_used_message_makes_it_unready(self) -> None:
@@ -167,7 +173,7 @@ class TestMetrics:
 
     def test_settings_errors_show(self) -> None:
         board = board_in_sync()
-        board.update(settings_ok=False, settings_errors=["a", "b"], settings_rejections=1)
+        board.update(settings_ok=False, settings_errors=("a", "b"), settings_rejections=1)
         text = self.render(board)
         assert "calico_nat64_settings_errors 2.0" in text
         assert "calico_nat64_settings_rejections_total 1.0" in text
@@ -228,7 +234,7 @@ class TestStatusCommand:
         path = str(tmp_path / "status.json")
         snap = board.snapshot()
         if pid is not None:
-            snap["pid"] = pid
+            snap = dataclasses.replace(snap, pid=pid)
         write_status_file(path, snap)
         return path
 
@@ -252,6 +258,41 @@ class TestStatusCommand:
         dead = self.write(tmp_path, board_in_sync(), pid=2**22 + 12345)
         assert main(["status", "--no-kernel", "--status-file", dead]) == 5
 
+    def test_kernel_part_renders_jools_counts(self, tmp_path: Path) -> None:
+        driver, down = status_cli.read_driver(self.write(tmp_path, board_in_sync()))
+        report = status_cli.StatusReport(driver, down, KERNEL, {"objects": []}, "")
+        text = status_cli.render_text(report)
+        row = next(line for line in text.splitlines() if line.startswith("felix-nat64-aaaa"))
+        assert row.split() == ["felix-nat64-aaaa", "64:ff9b::/96", "up", "4", "3",
+                               "516,096/516,096/524,288", "<=", "0.00%"]
+        assert "nftables counters: refused 2 pkts, steered 10 pkts" in text
+        data = json.loads(status_cli.render_json(report))
+        assert data["kernel"]["stats"]["translators"][0]["sessions"] == 4
+        assert data["kernel"]["stats"]["translators"][0]["bib_entries"] == 3
+        assert data["driver"]["applies"] == 1 and report.exit_code == 0
+
+    def test_sessions_page_renders_its_place_in_the_table(self) -> None:
+        entry = SessionEntry(Protocol.UDP, Taddr6(ipaddress.IPv6Address("fd00::1"), 5000),
+                             Taddr6(ipaddress.IPv6Address("64:ff9b::c633:640a"), 53),
+                             Taddr4(ipaddress.IPv4Address("169.254.64.9"), 2000),
+                             Taddr4(ipaddress.IPv4Address("198.51.100.10"), 53),
+                             TcpState.ESTABLISHED, SessionTimer.EST, 299_000)
+        row = TableRow(ipaddress.IPv6Network("64:ff9b::/96"), entry)
+        known = TablePage(TableQuery(limit=1, page=3), (row,), 7, True)
+        assert known.first == 3
+        assert sessions_cli.render_text(known).splitlines()[-1] == "3-3 of 7 sessions; --page 4 for more"
+        unknown = TablePage(TableQuery(limit=1, page=3, proto=Protocol.UDP), (row,), None, True)
+        assert sessions_cli.render_text(unknown).splitlines()[-1] == \
+            "3-3 of more than 3 sessions; --page 4 for more"
+        data = json.loads(sessions_cli.render_json(unknown))
+        assert (data["total"], data["more"], data["page"]) == (None, True, 3)
+        assert data["rows"] == [{"prefix": "64:ff9b::/96", "proto": "udp", "pod": "fd00::1", "pod_port": 5000,
+                                 "destination": "198.51.100.10", "dest_port": 53,
+                                 "destination6": "64:ff9b::c633:640a", "pool4": "169.254.64.9",
+                                 "pool4_port": 2000, "state": "ESTABLISHED", "expires_ms": 299_000}]
+        empty = TablePage(TableQuery(limit=10, page=9), (), 5, False)
+        assert sessions_cli.render_text(empty).splitlines()[-1] == "none of 5 sessions"
+
     def test_sessions_rejects_bad_filters(self, capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["sessions", "--pod", "10.0.0.1"]) == 2
         assert "must be IPv6" in capsys.readouterr().err
@@ -260,7 +301,28 @@ class TestStatusCommand:
 
 def test_status_file_is_replaced_atomically(tmp_path: Path) -> None:
     path = str(tmp_path / "d" / "status.json")
-    write_status_file(path, {"a": 1})
-    write_status_file(path, {"a": 2})
-    assert json.loads(Path(path).read_text()) == {"a": 2}
+    board = StatusBoard()
+    write_status_file(path, board.snapshot())
+    board.set_in_sync(5.0)
+    write_status_file(path, board.snapshot())
+    assert json.loads(Path(path).read_text())["in_sync_at"] == 5.0
     assert os.listdir(tmp_path / "d") == ["status.json"]
+
+
+def test_status_file_keeps_its_fields(tmp_path: Path) -> None:
+    """Other tools and the docs read these names: the typed status writes them all."""
+    board = board_in_sync()
+    board.count_drift_repair()
+    data = board.snapshot().to_json()
+    assert set(data) == {
+        "started_at", "in_sync", "in_sync_at", "settings_ok", "settings_errors", "settings_warnings",
+        "settings", "origins", "settings_rejections", "desired", "desired_error", "unsupported_dataplane",
+        "warnings", "last_apply", "last_success_at", "last_error", "applies", "apply_failures",
+        "consecutive_failures", "drift_repairs", "first_apply_after_sync", "ready", "not_ready_reasons",
+        "stream", "pid", "written_at"}
+    assert data["settings"]["prefixes"] == ["64:ff9b::/96"]
+    assert data["desired"]["translators"][0]["parent"] == "64:ff9b::/96"
+    assert data["last_apply"] == {"at": 2.0, "duration_seconds": 0.012, "ok": True, "error": "",
+                                  "changes": 7, "resync": False}
+    assert (data["applies"], data["drift_repairs"], data["ready"]) == (1, 1, True)
+    assert set(data["stream"]) == {"frames", "bytes", "by_payload", "undecodable_used", "undecodable_other"}

@@ -78,7 +78,7 @@ def test_socket_driver_keeps_state_across_felix_sessions(tmp_path: Path) -> None
             conn.sendall(stream(prefixes))
             wait_for(lambda p=prefixes: dp.applied and str(dp.applied[-1].translators[0].parent) == p)
         # Felix went away: nothing is torn down while waiting for the next one.
-        wait_for(lambda: not drv.status.get("in_sync"))
+        wait_for(lambda: not drv.status.status.in_sync)
         assert dp.applied[-1].active
     drv.stop("test over")
     t.join(5)
