@@ -9,10 +9,12 @@ and that one adopts the kernel state, so established NAT64 sessions survive.
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from felix_nat64 import logs
@@ -22,10 +24,12 @@ from felix_nat64.dataplane.loop import DataplaneLoop, StreamEnd
 from felix_nat64.dataplane.managers import FelixView
 from felix_nat64.drivers.api import Dataplane
 from felix_nat64.model.settings import Settings
+from felix_nat64.model.workloads import WorkloadIndex
+from felix_nat64.observe.census import Census, CensusTaker
 from felix_nat64.observe.health import HealthServer, Heartbeat
 from felix_nat64.observe.kernel_stats import Sampler, StatsPoller
 from felix_nat64.observe.metrics import ApplyTimes, NAT64Collector, registry_for
-from felix_nat64.observe.status import StatusBoard, write_status_file
+from felix_nat64.observe.status import StatusBoard, workloads_file, write_json_file, write_status_file
 from felix_nat64.wire.transport import (
     FELIX_READ_FD,
     SocketServer,
@@ -37,6 +41,8 @@ from felix_nat64.wire.transport import (
 )
 
 DEFAULT_STATUS_FILE = "/var/run/felix-nat64/status.json"
+WORKLOADS_WRITE_INTERVAL = 1.0  # seconds between two writes of the workloads file
+CensusWalk = Callable[[WorkloadIndex], Census]
 
 
 def add_parser(sub: Any) -> None:
@@ -61,21 +67,53 @@ class Driver:
     """Wires the reader, the loop, the kernel dataplane and the observers."""
 
     def __init__(self, dataplane: Dataplane, status_file: str | None,
-                 sampler: Sampler | None = None) -> None:
+                 sampler: Sampler | None = None, census: CensusWalk | None = None) -> None:
         self.status = StatusBoard()
         self.events: queue.Queue[Any] = queue.Queue()
         self._status_file = status_file
         self._sampler = sampler
+        self._census = census
         self._log = logs.EventLogger("driver")
         self._settings_applied: Settings | None = None
         self.stopping = threading.Event()
         self.heartbeat = Heartbeat()
         self.apply_times = ApplyTimes()
         self.poller: StatsPoller | None = None
+        self.census: CensusTaker | None = None
         self.health: HealthServer | None = None
+        # The pods Felix has told us of, as last published (read by the census thread).
+        self.workloads = WorkloadIndex()
+        self._workloads_seen: tuple[int, int] = (0, 0)  # (manager, version) last published
+        self._workloads_at = -WORKLOADS_WRITE_INTERVAL
         self.loop = DataplaneLoop(self.events, dataplane, self.status, view=FelixView(),
-                                  publish=self.publish, on_iteration=self.heartbeat.beat,
+                                  publish=self.publish, on_iteration=self._on_iteration,
                                   on_apply=lambda record: self.apply_times.observe(record.duration))
+
+    def _on_iteration(self) -> None:
+        self.heartbeat.beat()
+        self.publish_workloads()
+
+    def publish_workloads(self, force: bool = False) -> None:
+        """Publishes the pods by address when Felix's endpoints changed: for the
+        census, and in the workloads file for `felix-nat64 sessions`. At most
+        once per WORKLOADS_WRITE_INTERVAL unless forced; a change held back is
+        published on a later turn of the loop (which turns at least every 10 s)."""
+        manager = self.loop.view.endpoints
+        seen = (id(manager), manager.version)
+        now = time.monotonic()
+        recent = now - self._workloads_at < WORKLOADS_WRITE_INTERVAL
+        if seen == self._workloads_seen or (recent and not force):
+            return
+        self._workloads_seen, self._workloads_at = seen, now
+        self.workloads = manager.index()
+        self.status.update(endpoints=len(self.workloads.endpoints), endpoints_dropped=self.workloads.dropped)
+        if self._status_file:
+            path = workloads_file(self._status_file)
+            try:
+                data = {**self.workloads.to_json(), "pid": os.getpid(), "written_at": time.time()}
+                write_json_file(path, data)
+            except OSError as exc:
+                self._log.warning("cannot write workloads file", path=path, error=str(exc))
 
     def publish(self) -> None:
         settings = self.loop.view.settings.in_force
@@ -100,6 +138,10 @@ class Driver:
         if self._sampler is not None:
             self.poller = StatsPoller(self._sampler, interval=max(5.0, settings.resync_interval))
             self.poller.start()
+        if self._census is not None:
+            self.census = CensusTaker(self._census, lambda: self.workloads, settings.resync_interval,
+                                      on_census=lambda census: self.status.update(census=census))
+            self.census.start()
         if settings.metrics_port == 0:
             return
         poller = self.poller
@@ -123,6 +165,7 @@ class Driver:
         reader.start()
         end = self.loop.run()
         reader.join(timeout=1)
+        self.publish_workloads(force=True)  # what the stream said last, held back or not
         return end
 
     def stop(self, reason: str) -> None:
@@ -134,6 +177,12 @@ def build_sampler() -> Sampler:
     from felix_nat64.observe.sampler import sample_kernel  # noqa: PLC0415
 
     return sample_kernel
+
+
+def build_census() -> CensusWalk:
+    from felix_nat64.observe.sampler import take_census  # noqa: PLC0415
+
+    return take_census
 
 
 def build_dataplane(mtu_file: str | None) -> Dataplane:
@@ -156,7 +205,7 @@ def _install_signal_handlers(driver: Driver) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logs.configure()
-    driver = Driver(build_dataplane(args.mtu_file), args.status_file, build_sampler())
+    driver = Driver(build_dataplane(args.mtu_file), args.status_file, build_sampler(), build_census())
     _install_signal_handlers(driver)
     if args.socket:
         return _run_socket(driver, args.socket)

@@ -56,6 +56,27 @@ class LastApply:
 
 
 @dataclass(frozen=True)
+class CensusView:
+    """The last session census, as the status file carries it."""
+
+    at: float
+    duration_seconds: float
+    by_protocol: tuple[tuple[str, int], ...]  # sessions, all translators
+    namespaces: tuple[tuple[str, int], ...]  # busiest first
+    error: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CensusView:
+        totals = {p.value: 0 for p in PROTOCOLS}
+        for t in data.get("translators") or ():
+            for proto, count in (t.get("sessions") or {}).items():
+                totals[proto] = totals.get(proto, 0) + int(count)
+        return cls(float(data["at"]), float(data.get("duration_seconds") or 0), tuple(totals.items()),
+                   tuple((str(n["namespace"]), int(n["sessions"])) for n in data.get("namespaces") or ()),
+                   str(data.get("error") or ""))
+
+
+@dataclass(frozen=True)
 class DriverView:
     """What the status file says, typed. Fields an older driver did not write
     read as their empty value."""
@@ -80,6 +101,9 @@ class DriverView:
     settings_errors: tuple[str, ...]
     warnings: tuple[str, ...]  # the desired state's, then the settings'
     sources: tuple[str, ...]  # the pod CIDRs allowed to use NAT64
+    endpoints: int  # pods known by name
+    endpoints_dropped: int
+    census: CensusView | None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DriverView:
@@ -103,6 +127,9 @@ class DriverView:
             settings_errors=tuple(data.get("settings_errors") or ()),
             warnings=tuple(data.get("warnings") or ()) + tuple(data.get("settings_warnings") or ()),
             sources=tuple((data.get("desired") or {}).get("sources") or ()),
+            endpoints=int(data.get("endpoints") or 0),
+            endpoints_dropped=int(data.get("endpoints_dropped") or 0),
+            census=CensusView.from_json(data["census"]) if data.get("census") else None,
         )
 
 
@@ -219,7 +246,23 @@ def _driver_lines(d: DriverView | None, down: str) -> list[str]:
                    f"failures {d.apply_failures}, drift repairs {d.drift_repairs}")
     if d.last_error:
         out.append(f"last error: {d.last_error}")
-    return out + _settings_lines(d)
+    return out + _naming_lines(d) + _settings_lines(d)
+
+
+CENSUS_NAMESPACES_SHOWN = 5
+
+
+def _naming_lines(d: DriverView) -> list[str]:
+    dropped = f", {d.endpoints_dropped} more not kept (limit reached)" if d.endpoints_dropped else ""
+    out = [f"pods: {d.endpoints} workload endpoints known by name{dropped}"]
+    c = d.census
+    if c is not None:
+        protocols = ", ".join(f"{proto} {count:,}" for proto, count in c.by_protocol)
+        busiest = ", ".join(f"{ns} {count:,}" for ns, count in c.namespaces[:CENSUS_NAMESPACES_SHOWN])
+        out.append(f"session census: {_ago(c.at)}, took {c.duration_seconds:.1f} s: {protocols}"
+                   + (f"; by namespace: {busiest}" if busiest else "")
+                   + (f"; errors: {c.error}" if c.error else ""))
+    return out
 
 
 def _settings_lines(d: DriverView) -> list[str]:

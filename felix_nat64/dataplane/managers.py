@@ -8,6 +8,13 @@ from collections.abc import Mapping
 from felix_nat64.logs import EventLogger
 from felix_nat64.model.settings import Settings, SettingsResult, resolve_settings
 from felix_nat64.model.state import Host, Inputs, Pool
+from felix_nat64.model.workloads import (
+    MAX_ENDPOINTS,
+    MAX_NETS_PER_ENDPOINT,
+    Workload,
+    WorkloadEndpoint,
+    WorkloadIndex,
+)
 from felix_nat64.wire import messages as m
 
 
@@ -104,6 +111,72 @@ class HostManager:
         return True
 
 
+class EndpointManager:
+    """This node's workload endpoints by id, at most MAX_ENDPOINTS of them.
+
+    Past the bound an update for an endpoint not yet known is counted and
+    dropped (its sessions show no pod name); known endpoints keep being
+    updated, and a remove makes room for the next new one. `version` moves
+    on every change, so readers rebuild their index only when it did.
+    """
+
+    def __init__(self, limit: int = MAX_ENDPOINTS) -> None:
+        self._log = EventLogger("endpoints")
+        self._limit = limit
+        self.endpoints: dict[m.EndpointId, WorkloadEndpoint] = {}
+        self._sent: dict[m.EndpointId, tuple[str, ...]] = {}  # the nets as last sent, of kept endpoints
+        # Ids of endpoints not kept, themselves bounded: past `limit` of them
+        # the count stops growing.
+        self._dropped: set[m.EndpointId] = set()
+        self.version = 0
+        self._warned_full = False
+
+    @property
+    def dropped(self) -> int:
+        """Endpoints Felix sent that are not kept (at most `limit` are counted)."""
+        return len(self._dropped)
+
+    def on_update(self, msg: m.EndpointUpdate) -> None:
+        # Felix sends an endpoint again whenever its policy changes: the
+        # addresses as sent are compared first, so those cost no parsing.
+        if self._sent.get(msg.endpoint_id) == msg.ipv6_nets:
+            return
+        if msg.endpoint_id not in self.endpoints and len(self.endpoints) >= self._limit:
+            if msg.endpoint_id not in self._dropped and len(self._dropped) < self._limit:
+                self._dropped.add(msg.endpoint_id)
+                self.version += 1
+            if not self._warned_full:
+                self._warned_full = True
+                self._log.warning("too many workload endpoints: new ones are not named", limit=self._limit,
+                                  endpoint=msg.endpoint_id.workload)
+            return
+        nets = [net for net in map(_ipv6_net, msg.ipv6_nets) if net is not None]
+        if len(nets) != len(msg.ipv6_nets) or len(nets) > MAX_NETS_PER_ENDPOINT:
+            self._log.debug("endpoint networks not kept", endpoint=msg.endpoint_id.workload,
+                            unparsable=len(msg.ipv6_nets) - len(nets),
+                            beyond_limit=max(0, len(nets) - MAX_NETS_PER_ENDPOINT))
+        endpoint = WorkloadEndpoint(Workload.from_workload_id(msg.endpoint_id.workload),
+                                    msg.endpoint_id.endpoint, tuple(nets[:MAX_NETS_PER_ENDPOINT]))
+        self._sent[msg.endpoint_id] = msg.ipv6_nets
+        if self.endpoints.get(msg.endpoint_id) != endpoint:
+            self.endpoints[msg.endpoint_id] = endpoint
+            self.version += 1
+
+    def on_remove(self, msg: m.EndpointRemove) -> None:
+        self._sent.pop(msg.endpoint_id, None)
+        if msg.endpoint_id in self._dropped:
+            self._dropped.discard(msg.endpoint_id)
+            self.version += 1
+        if self.endpoints.pop(msg.endpoint_id, None) is not None:
+            self.version += 1
+            if len(self.endpoints) < self._limit:
+                self._warned_full = False
+
+    def index(self) -> WorkloadIndex:
+        """A frozen lookup of what is known now."""
+        return WorkloadIndex.build(self.endpoints.values(), self.dropped)
+
+
 class FelixView:
     """Everything Felix has told this driver, folded from its messages."""
 
@@ -111,11 +184,20 @@ class FelixView:
         self.settings = SettingsManager(default_hostname)
         self.pools = PoolManager()
         self.hosts = HostManager()
+        self.endpoints = EndpointManager()
         self.in_sync = False
         self.config_seen = False
 
     def on_message(self, msg: m.FelixMessage) -> bool:
         """Folds one message; True if the desired state may have changed."""
+        # Endpoints come first: a snapshot holds more of them than of anything
+        # else used. They only name the pods behind sessions: never a recalculation.
+        if isinstance(msg, m.EndpointUpdate):
+            self.endpoints.on_update(msg)
+            return False
+        if isinstance(msg, m.EndpointRemove):
+            self.endpoints.on_remove(msg)
+            return False
         if isinstance(msg, m.InSync):
             first = not self.in_sync
             self.in_sync = True
@@ -144,3 +226,12 @@ class FelixView:
             hosts=tuple(sorted(self.hosts.hosts.values(), key=lambda h: h.hostname)),
             previous_blocks=dict(previous_blocks),
         )
+
+
+def _ipv6_net(text: str) -> ipaddress.IPv6Network | None:
+    """An endpoint's IPv6 net; None for anything else (Felix sends none)."""
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        return None
+    return net if isinstance(net, ipaddress.IPv6Network) else None

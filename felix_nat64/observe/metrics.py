@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from felix_nat64 import __version__
 from felix_nat64.drivers.nft.ruleset import COUNTERS
 from felix_nat64.model.protocol import PROTOCOLS
+from felix_nat64.observe.census import OTHER, TOP_NAMESPACES, UNKNOWN, Census
 from felix_nat64.observe.kernel_stats import KernelStats
 from felix_nat64.observe.status import StatusBoard, StatusSnapshot
 from felix_nat64.wire.transport import StreamSnapshot
@@ -58,6 +59,13 @@ class NAT64Collector(Collector):
         snap = self._status.snapshot()
         yield from self._driver_families(snap)
         yield from self._stream_families(snap.stream)
+        yield _gauge("felix_workload_endpoints", "This node's workload endpoints (pods) known by name.",
+                     snap.driver.endpoints)
+        yield _gauge("felix_workload_endpoints_dropped", "Workload endpoints not kept because the driver "
+                     "already knew its maximum; their sessions show no pod name.",
+                     snap.driver.endpoints_dropped)
+        if snap.driver.census is not None:
+            yield from self._census_families(snap.driver.census)
         stats = self._stats()
         if stats is not None:
             yield from self._kernel_families(stats)
@@ -111,6 +119,28 @@ class NAT64Collector(Collector):
         bad.add_metric(["false"], stream.undecodable_other)
         yield bad
         yield _counter("felix_bytes", "Bytes read from Felix's stream.", stream.bytes)
+
+    def _census_families(self, census: Census) -> Iterator[Metric]:
+        yield _gauge("census_timestamp_seconds", "When the last session census ended.", census.at)
+        yield _gauge("census_duration_seconds", "How long the last session census took.", census.duration)
+        yield _gauge("census_error", "1 if part of the last session census could not be read.",
+                     1 if census.error else 0)
+        labels = ["translator", "prefix", "protocol"]
+        sessions = GaugeMetricFamily(f"{PREFIX}_census_sessions", "Jool sessions per protocol, as of the "
+                                     "last census.", labels=labels)
+        bib = GaugeMetricFamily(f"{PREFIX}_census_bib_entries", "Jool BIB entries per protocol, as of the "
+                                "last census.", labels=labels)
+        for t in census.translators:
+            for proto in PROTOCOLS:
+                sessions.add_metric([t.namespace, t.parent, proto], t.sessions.get(proto, 0))
+                bib.add_metric([t.namespace, t.parent, proto], t.bib_entries.get(proto, 0))
+        namespaces = GaugeMetricFamily(
+            f"{PREFIX}_census_namespace_sessions", f"Jool sessions by the pod's namespace, as of the last "
+            f"census: the {TOP_NAMESPACES} busiest namespaces, then {OTHER} and {UNKNOWN} (no known pod).",
+            labels=["namespace"])
+        for namespace, count in census.namespaces:
+            namespaces.add_metric([namespace], count)
+        yield from (sessions, bib, namespaces)
 
     def _kernel_families(self, stats: KernelStats) -> Iterator[Metric]:
         yield _gauge("kernel_sample_timestamp_seconds", "When kernel state was last sampled.", stats.at)

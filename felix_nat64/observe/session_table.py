@@ -6,8 +6,8 @@ last row, plus, at most, what it takes to find one more row and say whether
 there are more. Without filters the rows before the page are counted, not
 decoded, and a translator whose whole table lies before the page is skipped
 on the strength of Jool's own count (JSTAT_SESSIONS, JSTAT_BIB_ENTRIES). With
-`--pod` or `--dest` every row up to the page's end has to be read, since
-any of them may match.
+`--pod`, `--dest` or `--namespace` every row up to the page's end has to be
+read, since any of them may match.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from felix_nat64.drivers.jool.entries import BibEntry, SessionEntry
 from felix_nat64.drivers.netns.links import FoundTranslator
 from felix_nat64.model.protocol import PROTOCOLS, Protocol
 from felix_nat64.model.state import JOOL_INSTANCE
+from felix_nat64.model.workloads import Workload, WorkloadIndex
 from felix_nat64.observe.kernel_stats import JSTAT_BIB_ENTRIES, JSTAT_SESSIONS
 
 
@@ -33,19 +34,22 @@ class TableQuery:
     proto: Protocol | None = None
     pod: ipaddress.IPv6Network | None = None  # the IPv6 side's address
     dest: ipaddress.IPv4Network | None = None  # the IPv4 destination (sessions only)
+    namespace: str | None = None  # the pod's namespace, by the driver's workloads
     limit: int = 100
     page: int = 1
 
     @property
     def filtered(self) -> bool:
         """Whether rows have to be read to know if they belong."""
-        return self.pod is not None or self.dest is not None
+        return self.pod is not None or self.dest is not None or self.namespace is not None
 
     @property
     def skip(self) -> int:
         return (self.page - 1) * self.limit
 
-    def matches(self, row: SessionEntry | BibEntry) -> bool:
+    def matches(self, row: SessionEntry | BibEntry, workload: Workload | None) -> bool:
+        if self.namespace is not None and (workload is None or workload.namespace != self.namespace):
+            return False
         if isinstance(row, BibEntry):
             return self.dest is None and (self.pod is None or row.ipv6.address in self.pod)
         return (self.pod is None or row.src6.address in self.pod) and \
@@ -54,11 +58,13 @@ class TableQuery:
 
 @dataclass(frozen=True)
 class TableRow:
-    """A row and the /96 of the translator it comes from (None when the
-    translator's link no longer says)."""
+    """A row, the /96 of the translator it comes from (None when the
+    translator's link no longer says) and the pod holding its IPv6 address
+    (None when the driver knows no such pod)."""
 
     parent: ipaddress.IPv6Network | None
     entry: SessionEntry | BibEntry
+    workload: Workload | None = None
 
 
 @dataclass(frozen=True)
@@ -80,8 +86,9 @@ class TablePage:
 class _Walk:
     """State of one walk across translators and protocols."""
 
-    def __init__(self, query: TableQuery) -> None:
+    def __init__(self, query: TableQuery, workloads: WorkloadIndex) -> None:
         self.query = query
+        self.workloads = workloads
         self.to_skip = query.skip
         self.seen = 0  # matching rows met so far, skipped ones included
         self.rows: list[TableRow] = []
@@ -107,7 +114,9 @@ class _Walk:
         decode = decode_bib if self.query.bib else decode_session
         for item in page:
             entry = decode(item)
-            if not self.query.matches(entry):
+            workload = self.workloads.lookup(entry.ipv6.address if isinstance(entry, BibEntry)
+                                             else entry.src6.address)
+            if not self.query.matches(entry, workload):
                 continue
             if self.full:
                 self.more = True
@@ -116,15 +125,16 @@ class _Walk:
             if self.to_skip:
                 self.to_skip -= 1
                 continue
-            self.rows.append(TableRow(parent, entry))
+            self.rows.append(TableRow(parent, entry, workload))
         return False
 
 
-def read_page(translators: list[FoundTranslator], query: TableQuery) -> TablePage:
+def read_page(translators: list[FoundTranslator], query: TableQuery,
+              workloads: WorkloadIndex | None = None) -> TablePage:
     """The rows of `query`'s page from the translators' Jool instances, in
-    translator, protocol and Jool order. Raises JoolError (or OSError) when a
-    translator cannot be read."""
-    walk = _Walk(query)
+    translator, protocol and Jool order, each named by `workloads`. Raises
+    JoolError (or OSError) when a translator cannot be read."""
+    walk = _Walk(query, workloads or WorkloadIndex())
     # Without a filter or a protocol, Jool's counts give the total, and let the
     # walk step over whole translators.
     counted = not query.filtered and query.proto is None

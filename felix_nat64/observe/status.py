@@ -24,10 +24,12 @@ from typing import Any
 from felix_nat64.model.jsonview import to_jsonable
 from felix_nat64.model.settings import SettingOrigin, Settings
 from felix_nat64.model.state import DesiredState
+from felix_nat64.observe.census import Census
 from felix_nat64.wire.transport import StreamCounters, StreamSnapshot
 
 # What the status file says of a setting Felix resolved without naming a source.
 RESOLVED_BY_FELIX = "felix (resolved)"
+WORKLOADS_FILE_NAME = "workloads.json"
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class DriverStatus:
     consecutive_failures: int = 0
     drift_repairs: int = 0
     first_apply_after_sync: float | None = None
+    endpoints: int = 0  # this node's workload endpoints known by name
+    endpoints_dropped: int = 0  # endpoints not kept: past MAX_ENDPOINTS
+    census: Census | None = None  # the last session census
 
     def after_apply(self, record: ApplyRecord) -> DriverStatus:
         """This status once `record` is counted."""
@@ -143,6 +148,8 @@ class StatusSnapshot:
             "last_success_at": d.last_success_at, "last_error": d.last_error, "applies": d.applies,
             "apply_failures": d.apply_failures, "consecutive_failures": d.consecutive_failures,
             "drift_repairs": d.drift_repairs, "first_apply_after_sync": d.first_apply_after_sync,
+            "endpoints": d.endpoints, "endpoints_dropped": d.endpoints_dropped,
+            "census": census_json(d.census),
             "ready": self.ready, "not_ready_reasons": list(self.not_ready_reasons),
             "stream": {"frames": self.stream.frames, "bytes": self.stream.bytes,
                        "by_payload": dict(self.stream.by_payload),
@@ -150,6 +157,21 @@ class StatusSnapshot:
                        "undecodable_other": self.stream.undecodable_other},
             "pid": self.pid, "written_at": self.written_at,
         }
+
+
+def census_json(census: Census | None) -> dict[str, Any] | None:
+    """The census as the status file carries it."""
+    if census is None:
+        return None
+    return {
+        "at": census.at, "duration_seconds": round(census.duration, 6), "sessions": census.sessions,
+        "error": census.error,
+        "translators": [{"namespace": t.namespace, "parent": t.parent, "error": t.error,
+                         "sessions": {str(p): n for p, n in t.sessions.items()},
+                         "bib_entries": {str(p): n for p, n in t.bib_entries.items()}}
+                        for t in census.translators],
+        "namespaces": [{"namespace": ns, "sessions": n} for ns, n in census.namespaces],
+    }
 
 
 class StatusBoard:
@@ -204,6 +226,11 @@ class StatusBoard:
         stream = self.stream.snapshot()
         status = self.status
         return StatusSnapshot(status, stream, status.not_ready_reasons(stream), os.getpid(), self._clock())
+
+
+def workloads_file(status_file: str) -> str:
+    """Where the driver publishes its pods by address: next to its status file."""
+    return os.path.join(os.path.dirname(status_file) or ".", WORKLOADS_FILE_NAME)
 
 
 def write_status_file(path: str, snapshot: StatusSnapshot) -> None:

@@ -60,7 +60,9 @@ class StreamBuilder:
         return self
 
     def opaque(self, field_number: int, body: bytes) -> StreamBuilder:
-        """A payload felix-nat64 does not declare (policy, IP set, ...)."""
+        """A payload written field by field, as Felix (Go) writes it: one
+        felix-nat64 does not declare (policy, IP set, ...), or one whose
+        undeclared fields it must step over (workload endpoints)."""
         frame = pw.uint(15, self._seq) + pw.length_delimited(field_number, body)
         if field_number < 15:  # Go writes fields in number order
             frame = pw.length_delimited(field_number, body) + pw.uint(15, self._seq)
@@ -198,11 +200,26 @@ class StreamBuilder:
         """An IPSetUpdate (field 2)."""
         return self.opaque(2, pw.string(1, set_id) + pw.strings(2, members) + pw.uint(3, 0))
 
-    def workload(self, namespace: str, pod: str, ipv6: str, iface: str) -> StreamBuilder:
-        """A WorkloadEndpointUpdate (field 11)."""
-        wid = pw.message(1, pw.string(2, "k8s"), pw.string(3, f"{namespace}/{pod}"), pw.string(4, "eth0"))
-        endpoint = b"".join((
+    # -- workload endpoints: felix-nat64 reads their ids and IPv6 nets only -----
+
+    def workload(self, namespace: str, pod: str, ipv6: str | Iterable[str], iface: str, *,
+                 ipv4: Iterable[str] = (), endpoint: str = "eth0") -> StreamBuilder:
+        """A WorkloadEndpointUpdate (field 11) as Felix writes it, with the
+        fields felix-nat64 does not declare (state, name, MAC, profiles, IPv4
+        nets, a tier) around the ones it reads."""
+        nets = [ipv6] if isinstance(ipv6, str) else list(ipv6)
+        tier = pw.message(7, pw.string(1, "default"), pw.strings(2, [f"{namespace}/knp.default.allow"]))
+        body = b"".join((
             pw.string(1, "active"), pw.string(2, iface), pw.string(3, "ee:ee:ee:ee:ee:ee"),
-            pw.strings(4, [f"kns.{namespace}", "ksa.default"]), pw.strings(6, [ipv6]),
+            pw.strings(4, [f"kns.{namespace}", "ksa.default"]), pw.strings(5, ipv4), pw.strings(6, nets),
+            tier,
         ))
-        return self.opaque(11, wid + pw.message(5, endpoint))
+        return self.opaque(11, _endpoint_id(namespace, pod, endpoint) + pw.message(5, body))
+
+    def remove_workload(self, namespace: str, pod: str, endpoint: str = "eth0") -> StreamBuilder:
+        """A WorkloadEndpointRemove (field 12)."""
+        return self.opaque(12, _endpoint_id(namespace, pod, endpoint))
+
+
+def _endpoint_id(namespace: str, pod: str, endpoint: str) -> bytes:
+    return pw.message(1, pw.string(2, "k8s"), pw.string(3, f"{namespace}/{pod}"), pw.string(4, endpoint))

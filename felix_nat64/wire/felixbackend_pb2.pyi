@@ -7,12 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ToDataplane(_message.Message):
-    __slots__ = ("sequence_number", "in_sync", "config_update", "host_metadata_update", "host_metadata_remove", "ipam_pool_update", "ipam_pool_remove", "host_metadata_v6_update", "host_metadata_v6_remove", "host_metadata_v4v6_update", "host_metadata_v4v6_remove")
+    __slots__ = ("sequence_number", "in_sync", "config_update", "host_metadata_update", "host_metadata_remove", "workload_endpoint_update", "workload_endpoint_remove", "ipam_pool_update", "ipam_pool_remove", "host_metadata_v6_update", "host_metadata_v6_remove", "host_metadata_v4v6_update", "host_metadata_v4v6_remove")
     SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     IN_SYNC_FIELD_NUMBER: _ClassVar[int]
     CONFIG_UPDATE_FIELD_NUMBER: _ClassVar[int]
     HOST_METADATA_UPDATE_FIELD_NUMBER: _ClassVar[int]
     HOST_METADATA_REMOVE_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_ENDPOINT_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_ENDPOINT_REMOVE_FIELD_NUMBER: _ClassVar[int]
     IPAM_POOL_UPDATE_FIELD_NUMBER: _ClassVar[int]
     IPAM_POOL_REMOVE_FIELD_NUMBER: _ClassVar[int]
     HOST_METADATA_V6_UPDATE_FIELD_NUMBER: _ClassVar[int]
@@ -24,13 +26,15 @@ class ToDataplane(_message.Message):
     config_update: ConfigUpdate
     host_metadata_update: HostMetadataUpdate
     host_metadata_remove: HostMetadataRemove
+    workload_endpoint_update: WorkloadEndpointUpdate
+    workload_endpoint_remove: WorkloadEndpointRemove
     ipam_pool_update: IPAMPoolUpdate
     ipam_pool_remove: IPAMPoolRemove
     host_metadata_v6_update: HostMetadataV6Update
     host_metadata_v6_remove: HostMetadataV6Remove
     host_metadata_v4v6_update: HostMetadataV4V6Update
     host_metadata_v4v6_remove: HostMetadataV4V6Remove
-    def __init__(self, sequence_number: _Optional[int] = ..., in_sync: _Optional[_Union[InSync, _Mapping]] = ..., config_update: _Optional[_Union[ConfigUpdate, _Mapping]] = ..., host_metadata_update: _Optional[_Union[HostMetadataUpdate, _Mapping]] = ..., host_metadata_remove: _Optional[_Union[HostMetadataRemove, _Mapping]] = ..., ipam_pool_update: _Optional[_Union[IPAMPoolUpdate, _Mapping]] = ..., ipam_pool_remove: _Optional[_Union[IPAMPoolRemove, _Mapping]] = ..., host_metadata_v6_update: _Optional[_Union[HostMetadataV6Update, _Mapping]] = ..., host_metadata_v6_remove: _Optional[_Union[HostMetadataV6Remove, _Mapping]] = ..., host_metadata_v4v6_update: _Optional[_Union[HostMetadataV4V6Update, _Mapping]] = ..., host_metadata_v4v6_remove: _Optional[_Union[HostMetadataV4V6Remove, _Mapping]] = ...) -> None: ...
+    def __init__(self, sequence_number: _Optional[int] = ..., in_sync: _Optional[_Union[InSync, _Mapping]] = ..., config_update: _Optional[_Union[ConfigUpdate, _Mapping]] = ..., host_metadata_update: _Optional[_Union[HostMetadataUpdate, _Mapping]] = ..., host_metadata_remove: _Optional[_Union[HostMetadataRemove, _Mapping]] = ..., workload_endpoint_update: _Optional[_Union[WorkloadEndpointUpdate, _Mapping]] = ..., workload_endpoint_remove: _Optional[_Union[WorkloadEndpointRemove, _Mapping]] = ..., ipam_pool_update: _Optional[_Union[IPAMPoolUpdate, _Mapping]] = ..., ipam_pool_remove: _Optional[_Union[IPAMPoolRemove, _Mapping]] = ..., host_metadata_v6_update: _Optional[_Union[HostMetadataV6Update, _Mapping]] = ..., host_metadata_v6_remove: _Optional[_Union[HostMetadataV6Remove, _Mapping]] = ..., host_metadata_v4v6_update: _Optional[_Union[HostMetadataV4V6Update, _Mapping]] = ..., host_metadata_v4v6_remove: _Optional[_Union[HostMetadataV4V6Remove, _Mapping]] = ...) -> None: ...
 
 class FromDataplane(_message.Message):
     __slots__ = ("sequence_number", "process_status_update")
@@ -190,3 +194,33 @@ class ProcessStatusUpdate(_message.Message):
     iso_timestamp: str
     uptime: float
     def __init__(self, iso_timestamp: _Optional[str] = ..., uptime: _Optional[float] = ...) -> None: ...
+
+class WorkloadEndpointID(_message.Message):
+    __slots__ = ("orchestrator_id", "workload_id", "endpoint_id")
+    ORCHESTRATOR_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    orchestrator_id: str
+    workload_id: str
+    endpoint_id: str
+    def __init__(self, orchestrator_id: _Optional[str] = ..., workload_id: _Optional[str] = ..., endpoint_id: _Optional[str] = ...) -> None: ...
+
+class WorkloadEndpointUpdate(_message.Message):
+    __slots__ = ("id", "endpoint")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    id: WorkloadEndpointID
+    endpoint: WorkloadEndpoint
+    def __init__(self, id: _Optional[_Union[WorkloadEndpointID, _Mapping]] = ..., endpoint: _Optional[_Union[WorkloadEndpoint, _Mapping]] = ...) -> None: ...
+
+class WorkloadEndpoint(_message.Message):
+    __slots__ = ("ipv6_nets",)
+    IPV6_NETS_FIELD_NUMBER: _ClassVar[int]
+    ipv6_nets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ipv6_nets: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class WorkloadEndpointRemove(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: WorkloadEndpointID
+    def __init__(self, id: _Optional[_Union[WorkloadEndpointID, _Mapping]] = ...) -> None: ...

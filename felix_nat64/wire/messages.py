@@ -9,10 +9,11 @@ frames carrying a payload we use are handed to protobuf.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from types import MappingProxyType
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
@@ -23,6 +24,8 @@ class Payload(IntEnum):
     """`ToDataplane` payload field numbers that felix-nat64 reads."""
 
     IN_SYNC = 1
+    WORKLOAD_ENDPOINT_UPDATE = 11
+    WORKLOAD_ENDPOINT_REMOVE = 12
     CONFIG_UPDATE = 13
     HOST_METADATA_UPDATE = 14
     IPAM_POOL_UPDATE = 16
@@ -35,6 +38,9 @@ class Payload(IntEnum):
 
 
 USED_PAYLOADS = frozenset(int(p) for p in Payload)
+# Used only to name the pods behind sessions: one that cannot be decoded
+# leaves NAT64 itself intact, so it does not make the driver unready.
+NAMING_PAYLOADS = frozenset({int(Payload.WORKLOAD_ENDPOINT_UPDATE), int(Payload.WORKLOAD_ENDPOINT_REMOVE)})
 
 # Names of the payloads we skip, for logs and metrics (Felix master numbering).
 SKIPPED_PAYLOAD_NAMES: Mapping[int, str] = MappingProxyType(
@@ -48,8 +54,6 @@ SKIPPED_PAYLOAD_NAMES: Mapping[int, str] = MappingProxyType(
         8: "active_policy_remove",
         9: "host_endpoint_update",
         10: "host_endpoint_remove",
-        11: "workload_endpoint_update",
-        12: "workload_endpoint_remove",
         19: "service_account_update",
         20: "service_account_remove",
         21: "namespace_update",
@@ -228,6 +232,35 @@ class PoolRemove:
     seq: int = 0
 
 
+# The endpoint messages are NamedTuples, immutable like the dataclasses above
+# but built and hashed in C: a snapshot can hold thousands of them, and their
+# ids are dictionary keys at every step of the fold.
+class EndpointId(NamedTuple):
+    """Felix's WorkloadEndpointID (the node is implied: Felix sends only its own)."""
+
+    orchestrator: str
+    workload: str  # Kubernetes: "<namespace>/<pod>"
+    endpoint: str
+
+
+class EndpointUpdate(NamedTuple):
+    """A local workload endpoint (a pod) and its IPv6 networks, as Felix wrote
+    them ("fd00:10:244::5/128"). They are left as text here: a node's snapshot
+    can carry thousands of endpoints, most of them unchanged when Felix sends
+    them again, and the endpoint manager parses only what it keeps."""
+
+    endpoint_id: EndpointId
+    ipv6_nets: tuple[str, ...]
+    seq: int = 0
+
+
+class EndpointRemove(NamedTuple):
+    """A local workload endpoint is gone."""
+
+    endpoint_id: EndpointId
+    seq: int = 0
+
+
 @dataclass(frozen=True)
 class Undecodable:
     """A well-framed message that could not be decoded.
@@ -241,7 +274,8 @@ class Undecodable:
     error: str
 
 
-FelixMessage = InSync | ConfigUpdate | HostUpdate | HostRemove | PoolUpdate | PoolRemove
+FelixMessage = InSync | ConfigUpdate | HostUpdate | HostRemove | PoolUpdate | PoolRemove | EndpointUpdate \
+    | EndpointRemove
 Decoded = FelixMessage | Undecodable | None
 
 
@@ -258,16 +292,15 @@ def decode_frame(body: bytes) -> Decoded:
 
 def decode_used(body: bytes, number: int) -> FelixMessage | Undecodable:
     """Parses a frame already known to carry payload `number` (a used one)."""
-    msg = pb.ToDataplane()
+    needed = number not in NAMING_PAYLOADS
     try:
-        msg.ParseFromString(body)
-        decoded = from_protobuf(msg)
+        decoded = from_protobuf(pb.ToDataplane.FromString(body))
     except DecodeError as exc:
-        return Undecodable(number, True, f"{payload_name(number)}: {exc}")
+        return Undecodable(number, needed, f"{payload_name(number)}: {exc}")
     except ValueError as exc:
-        return Undecodable(number, True, f"{payload_name(number)}: {exc}")
+        return Undecodable(number, needed, f"{payload_name(number)}: {exc}")
     if decoded is None:  # cannot happen for a used payload that parsed
-        return Undecodable(number, True, f"{payload_name(number)}: payload missing after parse")
+        return Undecodable(number, needed, f"{payload_name(number)}: payload missing after parse")
     return decoded
 
 
@@ -276,63 +309,74 @@ def from_protobuf(msg: pb.ToDataplane) -> FelixMessage | None:
 
     Raises ValueError if a field we rely on holds something unusable.
     """
-    seq = msg.sequence_number
     kind = msg.WhichOneof("payload")
-    if kind == "in_sync":
-        return InSync(seq)
-    if kind == "config_update":
-        cu = msg.config_update
-        sources = tuple(
-            RawConfigSource(raw.source, MappingProxyType(dict(raw.config)))
-            for _, raw in sorted(cu.source_to_raw_config.items())
-        )
-        return ConfigUpdate(MappingProxyType(dict(cu.config)), sources, seq)
-    if kind == "ipam_pool_update":
-        upd = msg.ipam_pool_update
-        cidr = _parse_network(upd.pool.cidr, f"IP pool {upd.id!r} cidr")
-        return PoolUpdate(upd.id, cidr, upd.pool.masquerade, tuple(upd.pool.allowed_uses), seq)
-    if kind == "ipam_pool_remove":
-        return PoolRemove(msg.ipam_pool_remove.id, seq)
-    if kind == "host_metadata_update":
-        h = msg.host_metadata_update
-        ipv6 = _parse_v6(h.ipv6_addr, h.hostname)
-        return HostUpdate(
-            h.hostname,
-            _parse_v4(h.ipv4_addr, h.hostname),
-            ipv6,
-            sets_ipv4=True,
-            sets_ipv6=bool(h.ipv6_addr),
-            variant="host_metadata_update",
-            labels=MappingProxyType(dict(h.labels)),
-            seq=seq,
-        )
-    if kind == "host_metadata_v4v6_update":
-        h4 = msg.host_metadata_v4v6_update
-        ipv6 = _parse_v6(h4.ipv6_addr, h4.hostname)
-        return HostUpdate(
-            h4.hostname,
-            _parse_v4(h4.ipv4_addr, h4.hostname),
-            ipv6,
-            sets_ipv4=True,
-            sets_ipv6=True,
-            variant="host_metadata_v4v6_update",
-            labels=MappingProxyType(dict(h4.labels)),
-            seq=seq,
-        )
-    if kind == "host_metadata_v6_update":
-        h6 = msg.host_metadata_v6_update
-        ipv6 = _parse_v6(h6.ipv6_addr, h6.hostname)
-        return HostUpdate(
-            h6.hostname, None, ipv6, sets_ipv4=False, sets_ipv6=True,
-            variant="host_metadata_v6_update", seq=seq,
-        )
-    if kind == "host_metadata_remove":
-        return HostRemove(msg.host_metadata_remove.hostname, seq=seq)
-    if kind == "host_metadata_v4v6_remove":
-        return HostRemove(msg.host_metadata_v4v6_remove.hostname, seq=seq)
-    if kind == "host_metadata_v6_remove":
-        return HostRemove(msg.host_metadata_v6_remove.hostname, ipv6_only=True, seq=seq)
-    return None
+    convert = _CONVERTERS.get(kind) if kind is not None else None
+    return convert(msg, msg.sequence_number) if convert is not None else None
+
+
+def _config_update(msg: pb.ToDataplane, seq: int) -> ConfigUpdate:
+    cu = msg.config_update
+    sources = tuple(
+        RawConfigSource(raw.source, MappingProxyType(dict(raw.config)))
+        for _, raw in sorted(cu.source_to_raw_config.items())
+    )
+    return ConfigUpdate(MappingProxyType(dict(cu.config)), sources, seq)
+
+
+def _pool_update(msg: pb.ToDataplane, seq: int) -> PoolUpdate:
+    upd = msg.ipam_pool_update
+    cidr = _parse_network(upd.pool.cidr, f"IP pool {upd.id!r} cidr")
+    return PoolUpdate(upd.id, cidr, upd.pool.masquerade, tuple(upd.pool.allowed_uses), seq)
+
+
+def _endpoint_update(msg: pb.ToDataplane, seq: int) -> EndpointUpdate:
+    wep = msg.workload_endpoint_update
+    return EndpointUpdate(_endpoint_id(wep.id), tuple(wep.endpoint.ipv6_nets), seq)
+
+
+def _host_update(msg: pb.ToDataplane, seq: int) -> HostUpdate:
+    h = msg.host_metadata_update
+    ipv6 = _parse_v6(h.ipv6_addr, h.hostname)
+    return HostUpdate(h.hostname, _parse_v4(h.ipv4_addr, h.hostname), ipv6, sets_ipv4=True,
+                      sets_ipv6=bool(h.ipv6_addr), variant="host_metadata_update",
+                      labels=MappingProxyType(dict(h.labels)), seq=seq)
+
+
+def _host_v4v6_update(msg: pb.ToDataplane, seq: int) -> HostUpdate:
+    h4 = msg.host_metadata_v4v6_update
+    ipv6 = _parse_v6(h4.ipv6_addr, h4.hostname)
+    return HostUpdate(h4.hostname, _parse_v4(h4.ipv4_addr, h4.hostname), ipv6, sets_ipv4=True,
+                      sets_ipv6=True, variant="host_metadata_v4v6_update",
+                      labels=MappingProxyType(dict(h4.labels)), seq=seq)
+
+
+def _host_v6_update(msg: pb.ToDataplane, seq: int) -> HostUpdate:
+    h6 = msg.host_metadata_v6_update
+    return HostUpdate(h6.hostname, None, _parse_v6(h6.ipv6_addr, h6.hostname), sets_ipv4=False,
+                      sets_ipv6=True, variant="host_metadata_v6_update", seq=seq)
+
+
+# ToDataplane's oneof name -> the typed message it becomes.
+_CONVERTERS: Mapping[str, Callable[[pb.ToDataplane, int], FelixMessage]] = MappingProxyType({
+    "in_sync": lambda msg, seq: InSync(seq),
+    "config_update": _config_update,
+    "ipam_pool_update": _pool_update,
+    "ipam_pool_remove": lambda msg, seq: PoolRemove(msg.ipam_pool_remove.id, seq),
+    "workload_endpoint_update": _endpoint_update,
+    "workload_endpoint_remove": lambda msg, seq: EndpointRemove(_endpoint_id(msg.workload_endpoint_remove.id),
+                                                                seq),
+    "host_metadata_update": _host_update,
+    "host_metadata_v4v6_update": _host_v4v6_update,
+    "host_metadata_v6_update": _host_v6_update,
+    "host_metadata_remove": lambda msg, seq: HostRemove(msg.host_metadata_remove.hostname, seq=seq),
+    "host_metadata_v4v6_remove": lambda msg, seq: HostRemove(msg.host_metadata_v4v6_remove.hostname, seq=seq),
+    "host_metadata_v6_remove": lambda msg, seq: HostRemove(msg.host_metadata_v6_remove.hostname,
+                                                           ipv6_only=True, seq=seq),
+})
+
+
+def _endpoint_id(wid: pb.WorkloadEndpointID) -> EndpointId:
+    return EndpointId(wid.orchestrator_id, wid.workload_id, wid.endpoint_id)
 
 
 def _parse_network(text: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

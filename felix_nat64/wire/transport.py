@@ -144,13 +144,20 @@ def pump(chunks: Iterator[bytes], emit: Callable[[Any], None], counters: StreamC
                     by_payload[name] += 1
                     continue
                 decoded = decode_used(body, number)
-                if isinstance(decoded, Undecodable):
+                if isinstance(decoded, Undecodable) and decoded.used:
                     counters.undecodable_used += 1
                     counters.last_undecodable = decoded.error
                     log.error("undecodable Felix message", payload=payload_name(number),
                               error=decoded.error, frame=counters.frames)
+                elif isinstance(decoded, Undecodable):
+                    counters.undecodable_other += 1
+                    log.warning("undecodable Felix message skipped", payload=payload_name(number),
+                                error=decoded.error, frame=counters.frames)
                 else:
-                    by_payload[payload_name(number)] += 1
+                    name = names.get(number)
+                    if name is None:
+                        name = names[number] = payload_name(number)
+                    by_payload[name] += 1
                 emit(decoded)
             if decoder.error is not None:
                 raise decoder.error

@@ -33,6 +33,7 @@ from felix_nat64.drivers.api import ApplyOutcome
 from felix_nat64.model.desired import CapacityError, build_desired
 from felix_nat64.model.settings import Settings, resolve_settings
 from felix_nat64.model.state import DesiredState, Host, Inputs, Pool
+from felix_nat64.model.workloads import Workload
 from felix_nat64.observe.status import StatusBoard, StreamCounters
 from felix_nat64.testing import protowire as pw
 from felix_nat64.wire import felixbackend_pb2 as pb
@@ -95,6 +96,8 @@ class Model:
     last_config_ok: bool | None = None
     pools: dict[str, Pool] = field(default_factory=dict)
     hosts: dict[str, tuple[A4 | None, A6 | None]] = field(default_factory=dict)
+    # Pods by endpoint: they only name sessions, never change the desired state.
+    endpoints: dict[m.EndpointId, tuple[str, tuple[N6, ...]]] = field(default_factory=dict)
 
     def fold(self, event: object) -> None:
         if isinstance(event, m.InSync):
@@ -118,6 +121,16 @@ class Model:
                     self.hosts[event.hostname] = (self.hosts[event.hostname][0], None)
             else:
                 self.hosts.pop(event.hostname, None)
+        elif isinstance(event, m.EndpointUpdate):
+            nets = []
+            for text in event.ipv6_nets:
+                with contextlib.suppress(ValueError):
+                    net = ipaddress.ip_network(text.strip(), strict=False)
+                    if net.version == 6:
+                        nets.append(net)
+            self.endpoints[event.endpoint_id] = (event.endpoint_id.workload, tuple(nets[:8]))
+        elif isinstance(event, m.EndpointRemove):
+            self.endpoints.pop(event.endpoint_id, None)
         else:
             assert isinstance(event, m.Undecodable), f"pump emitted {event!r}"
 
@@ -187,6 +200,8 @@ class Checker:
         assert view.pools.pools == self.model.pools
         assert {h: (x.ipv4, x.ipv6) for h, x in view.hosts.hosts.items()} == self.model.hosts
         assert view.settings.in_force == self.model.settings
+        assert {k: (e.workload, e.ipv6) for k, e in view.endpoints.endpoints.items()} == {
+            k: (Workload.from_workload_id(w), nets) for k, (w, nets) in self.model.endpoints.items()}
 
 
 @contextlib.contextmanager
@@ -255,7 +270,9 @@ class Frame:
             assert len(events) == 1, events
             ev = events[0]
             if isinstance(ev, m.Undecodable):
-                assert ev.used and ev.field_number == self.field_number, ev
+                # Endpoints only name pods: a broken one is not a payload NAT64 needs.
+                needed = self.field_number not in m.NAMING_PAYLOADS
+                assert ev.used == needed and ev.field_number == self.field_number, ev
             else:
                 assert isinstance(ev, m.FelixMessage), ev  # type: ignore[arg-type]
         else:
@@ -263,7 +280,7 @@ class Frame:
             for ev in events:
                 assert isinstance(ev, m.FelixMessage | m.Undecodable), ev
                 if isinstance(ev, m.Undecodable):
-                    assert ev.used
+                    assert ev.used == (ev.field_number not in m.NAMING_PAYLOADS), ev
 
 
 # Hypothesis draws early entries of a list more often: the common cases come first.

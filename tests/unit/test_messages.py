@@ -13,7 +13,7 @@ def decode_all(builder: StreamBuilder) -> list[m.Decoded]:
     return [m.decode_frame(body) for body in FrameDecoder().feed(builder.data())]
 
 
-@pytest.mark.parametrize("field", [2, 3, 4, 5, 7, 8, 11, 12, 19, 23, 25, 30, 31, 33, 34, 39, 99, 5000])
+@pytest.mark.parametrize("field", [2, 3, 4, 5, 7, 8, 9, 10, 19, 23, 25, 30, 31, 33, 34, 39, 99, 5000])
 def test_unknown_and_skipped_payloads_are_not_parsed(field: int) -> None:
     body = b"\x0a\x03abc" * 10
     assert m.decode_frame(pw.uint(15, 7) + pw.length_delimited(field, body)) is None
@@ -148,3 +148,22 @@ def test_real_felix_field_numbers_for_skipped_payloads_are_named() -> None:
     assert m.payload_name(11) == "workload_endpoint_update"
     assert m.payload_name(1234) == "field_1234"
     assert m.payload_name(16) == "ipam_pool_update"
+
+
+def test_workload_endpoints_decode_to_their_ids_and_ipv6_nets() -> None:
+    b = StreamBuilder("master")
+    b.workload("shop", "web-7d9f", ["fd00:10:244::5/128", "fd00:20::5/128"], "cali0123456789a",
+               ipv4=["10.244.1.5/32"])
+    b.remove_workload("shop", "web-7d9f")
+    update, remove = decode_all(b)
+    ident = m.EndpointId("k8s", "shop/web-7d9f", "eth0")
+    assert update == m.EndpointUpdate(ident, ("fd00:10:244::5/128", "fd00:20::5/128"), 0)
+    assert remove == m.EndpointRemove(ident, 1)
+
+
+def test_a_broken_workload_endpoint_does_not_count_as_a_needed_payload() -> None:
+    # Endpoints only name pods: losing one leaves NAT64 itself intact.
+    result = m.decode_frame(pw.uint(15, 7) + pw.length_delimited(11, b"\x0a\x05ab"))
+    assert isinstance(result, m.Undecodable) and result.field_number == 11 and not result.used
+    broken_pool = m.decode_frame(pw.uint(15, 7) + pw.length_delimited(16, b"\x0a\x05ab"))
+    assert isinstance(broken_pool, m.Undecodable) and broken_pool.used

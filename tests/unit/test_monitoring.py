@@ -35,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from felix_nat64.drivers.jool.constants import stat_names
 from felix_nat64.drivers.nft.ruleset import COUNTERS
 from felix_nat64.model.protocol import PROTOCOLS, Protocol
+from felix_nat64.observe.census import OTHER, UNKNOWN, Census, TranslatorCensus
 from felix_nat64.observe.kernel_stats import KernelStats, TranslatorStats
 from felix_nat64.observe.metrics import ApplyTimes, NAT64Collector, registry_for
 from tests.unit.test_chart import render
@@ -92,6 +93,11 @@ def synthetic_kernel() -> KernelStats:
 def exposition() -> str:
     """/metrics as the driver serves it, for the synthetic sample."""
     board = board_in_sync()
+    board.update(endpoints=3, census=Census(
+        1_700_000_000.0, 0.5, (TranslatorCensus("felix-nat64-49f170ae", "64:ff9b::/96",
+                                                {p: 10 + i for i, p in enumerate(PROTOCOLS)},
+                                                {p: 5 + i for i, p in enumerate(PROTOCOLS)}),),
+        (("default", 20), (OTHER, 2), (UNKNOWN, 1))))
     board.stream.by_payload.update({"config_update": 1, "ipam_pool_update": 2, "in_sync": 1})
     board.stream.bytes = 4096
     times = ApplyTimes()

@@ -287,6 +287,7 @@ class TestStatusCommand:
         data = json.loads(sessions_cli.render_json(unknown))
         assert (data["total"], data["more"], data["page"]) == (None, True, 3)
         assert data["rows"] == [{"prefix": "64:ff9b::/96", "proto": "udp", "pod": "fd00::1", "pod_port": 5000,
+                                 "namespace": "", "pod_name": "",
                                  "destination": "198.51.100.10", "dest_port": 53,
                                  "destination6": "64:ff9b::c633:640a", "pool4": "169.254.64.9",
                                  "pool4_port": 2000, "state": "ESTABLISHED", "expires_ms": 299_000}]
@@ -319,7 +320,7 @@ def test_status_file_keeps_its_fields(tmp_path: Path) -> None:
         "settings", "origins", "settings_rejections", "desired", "desired_error", "unsupported_dataplane",
         "warnings", "last_apply", "last_success_at", "last_error", "applies", "apply_failures",
         "consecutive_failures", "drift_repairs", "first_apply_after_sync", "ready", "not_ready_reasons",
-        "stream", "pid", "written_at"}
+        "stream", "pid", "written_at", "endpoints", "endpoints_dropped", "census"}
     assert data["settings"]["prefixes"] == ["64:ff9b::/96"]
     assert data["desired"]["translators"][0]["parent"] == "64:ff9b::/96"
     assert data["last_apply"] == {"at": 2.0, "duration_seconds": 0.012, "ok": True, "error": "",

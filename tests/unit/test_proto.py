@@ -28,7 +28,14 @@ def test_field_numbers_match_felix() -> None:
         "host_metadata_remove": 18, "ipam_pool_update": 16, "ipam_pool_remove": 17,
         "host_metadata_v6_update": 35, "host_metadata_v6_remove": 36,
         "host_metadata_v4v6_update": 37, "host_metadata_v4v6_remove": 38,
+        "workload_endpoint_update": 11, "workload_endpoint_remove": 12,
     }
+    # Calico v3.26 to master: felix/proto/felixbackend.proto, WorkloadEndpoint*.
+    assert {f.name: f.number for f in pb.WorkloadEndpointID.DESCRIPTOR.fields} == {
+        "orchestrator_id": 2, "workload_id": 3, "endpoint_id": 4}
+    assert {f.name: f.number for f in pb.WorkloadEndpointUpdate.DESCRIPTOR.fields} == {"id": 1, "endpoint": 5}
+    assert {f.name: f.number for f in pb.WorkloadEndpoint.DESCRIPTOR.fields} == {"ipv6_nets": 6}
+    assert {f.name: f.number for f in pb.WorkloadEndpointRemove.DESCRIPTOR.fields} == {"id": 1}
     assert {f.name: f.number for f in pb.IPAMPool.DESCRIPTOR.fields} == {
         "cidr": 1, "masquerade": 2, "ipip_mode": 3, "vxlan_mode": 4, "allowed_uses": 5}
     assert {f.name: f.number for f in pb.HostMetadataUpdate.DESCRIPTOR.fields} == {

@@ -38,10 +38,15 @@ from tests.vm.dataplane_fixtures import (
 DOC = "198.51.100.10"
 
 
+# The pods of the simulated node, as Felix names them to the driver.
+PODS = (("shop", "web-0"), ("dns", "resolver-1"))
+
+
 @pytest.fixture(scope="module")
 def driver(node: Node) -> Iterator[RunningDriver]:
-    d = start_driver(node_stream(extra={"NAT64MetricsPort": "9096", "NAT64LogFormat": "json"}),
-                     node.status_file)
+    workloads = [(ns, name, str(node.topo.pod(i).address)) for i, (ns, name) in enumerate(PODS)]
+    d = start_driver(node_stream(extra={"NAT64MetricsPort": "9096", "NAT64LogFormat": "json"},
+                                 workloads=workloads), node.status_file)
     d.wait_ready()
     yield d
     d.stop()
@@ -202,6 +207,45 @@ def test_a_page_of_sessions_reads_only_what_it_shows(node: Node, driver: Running
     expected = [f for f in everything if f[0] == "udp" and f[1].address == address]  # type: ignore[attr-defined]
     assert flows(mine) == expected[50:100]
     assert mine.more and mine.total is None  # a filter: the total would need the rest of the table
+
+
+def test_sessions_and_the_census_name_the_pods(node: Node, driver: RunningDriver) -> None:
+    """Real sessions from two pods, named by the endpoints Felix sent: in
+    `sessions` (table, JSON, --namespace) and, from the census, in the
+    per-namespace metric and `status`."""
+    web, resolver = (str(node.topo.pod(i).address) for i in range(2))
+    assert udp_flows(pod(node), nat64(NSP, DOC), count=30) == 30
+    assert udp_flows(node.topo.pod(1).netns, nat64(NSP, DOC), count=20) == 20
+    named = ["--status-file", node.status_file]
+    listed = felix_nat64("sessions", "--json", "--limit", "100000", *named)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)["rows"]
+    by_pod = {(r["pod"], r["namespace"], r["pod_name"]) for r in rows}
+    assert (web, "shop", "web-0") in by_pod and (resolver, "dns", "resolver-1") in by_pod
+    assert all(r["namespace"] for r in rows if r["pod"] in (web, resolver))
+    shop = felix_nat64("sessions", "--json", "--namespace", "shop", "--limit", "1000", *named)
+    page = json.loads(shop.stdout)
+    assert page["total"] >= 30 and not page["more"]  # a filter: exact once the walk reached the end
+    assert {(r["pod"], r["pod_name"]) for r in page["rows"]} == {(web, "web-0")}
+    text = felix_nat64("sessions", "--namespace", "dns", "--limit", "5", *named).stdout
+    assert "dns/resolver-1" in text and "shop/web-0" not in text
+    # The census runs every ten resync intervals (2 s here): wait for one that saw the flows.
+    deadline = time.monotonic() + 120
+    while True:
+        _, body = scrape()
+        if metric(body, "calico_nat64_census_namespace_sessions", namespace="shop") >= 30 and \
+                metric(body, "calico_nat64_census_namespace_sessions", namespace="dns") >= 20:
+            break
+        assert time.monotonic() < deadline, "the census never counted the pods' sessions"
+        time.sleep(2)
+    assert metric(body, "calico_nat64_census_sessions", prefix=NSP, protocol="udp") >= 50
+    assert metric(body, "calico_nat64_census_bib_entries", prefix=NSP, protocol="udp") >= 50
+    assert metric(body, "calico_nat64_felix_workload_endpoints") == 2
+    deadline = time.monotonic() + 60
+    while "session census" not in (status := felix_nat64("status", "--status-file", node.status_file).stdout):
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    assert "pods: 2 workload endpoints known by name" in status and "shop " in status
 
 
 def test_logs_are_json_lines_when_asked(driver: RunningDriver) -> None:

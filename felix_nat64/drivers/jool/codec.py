@@ -435,6 +435,34 @@ def decode_session(item: Attr) -> SessionEntry:
     )
 
 
+def _child(data: bytes, start: int, end: int, wanted: int) -> tuple[int, int] | None:
+    """Where the payload of the first attribute of type `wanted` lies in data[start:end]."""
+    while end - start >= NLA_HDR.size:
+        length, raw_type = NLA_HDR.unpack_from(data, start)
+        if length < NLA_HDR.size or start + length > end:
+            raise JoolProtocolError(f"attribute at offset {start} claims {length} bytes; "
+                                    f"{end - start} remain")
+        if raw_type & NLA_TYPE_MASK == wanted:
+            return start + NLA_HDR.size, start + length
+        start += _align(length)
+    return None
+
+
+def session_sources(entry: Attr) -> tuple[bytes, bytes]:
+    """The IPv6 address of a session's pod and the raw bytes of its pool4
+    transport address, read straight from the reply without building the
+    session: a census of a whole table needs only these two."""
+    data = entry.payload
+    src6 = _child(data, 0, len(data), SessionAttr.SRC6)
+    src4 = _child(data, 0, len(data), SessionAttr.SRC4)
+    if src6 is None or src4 is None:
+        raise JoolProtocolError("session lacks its IPv6 or IPv4 source")
+    addr = _child(data, src6[0], src6[1], TaddrAttr.ADDR)
+    if addr is None or addr[1] - addr[0] != 16:
+        raise JoolProtocolError("session's IPv6 source has no 16-byte address")
+    return data[addr[0]:addr[1]], data[src4[0]:src4[1]]
+
+
 def decode_instance(item: Attr) -> InstanceInfo:
     fields = item.fields()
     xf = _need(fields, InstanceEntryAttr.XF, "instance").u8()
