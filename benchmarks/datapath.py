@@ -239,15 +239,15 @@ def process_memory(pid: int) -> dict[str, float]:
 
 
 def translator_link(prefix: str = NSP) -> str:
-    from felix_nat64.model.state import LINK_PREFIX, translator_id  # noqa: PLC0415
+    from felix_nat64.model.ownership import node_link_name, translator_id  # noqa: PLC0415
 
-    return LINK_PREFIX + translator_id(ipaddress.IPv6Network(prefix))
+    return node_link_name(translator_id(ipaddress.IPv6Network(prefix)))
 
 
 def translator_namespace(prefix: str = NSP) -> str:
-    from felix_nat64.model.state import NAMESPACE_PREFIX, translator_id  # noqa: PLC0415
+    from felix_nat64.model.ownership import namespace_name, translator_id  # noqa: PLC0415
 
-    return NAMESPACE_PREFIX + translator_id(ipaddress.IPv6Network(prefix))
+    return namespace_name(translator_id(ipaddress.IPv6Network(prefix)))
 
 
 def link_mtu(name: str) -> int | None:

@@ -1,12 +1,12 @@
 """Doing things inside a named network namespace: threads, sockets, sysctls, commands.
 
 A network namespace is a property of a thread in Linux, and a socket keeps the
-namespace it was created in for its whole life. So the cheapest reliable way to
-act inside a namespace from Python is a fresh thread that enters it with
-setns(2), does its work (creates sockets, writes /proc/sys/net, runs an event
-loop) and ends; the rest of the process is never moved. Commands run through
-nsenter(1), which enters the namespace and execs, so the process id returned is
-the command's own.
+namespace it was created in for its whole life. So work runs on a fresh thread
+that enters the namespace, does its work (creates sockets, writes
+/proc/sys/net, runs an event loop) and ends: the product's own
+`NamespaceExecutor` (felix_nat64/drivers/netns/executor.py); the rest of the
+process is never moved. Commands run through nsenter(1), which enters the
+namespace and execs, so the process id returned is the command's own.
 
 Everywhere in this module a namespace name of ``None`` means "the namespace of
 the calling thread": that is how a topology whose node is the current namespace
@@ -16,35 +16,28 @@ the calling thread": that is how a topology whose node is the current namespace
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import errno
 import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
-NETNS_DIR = Path("/run/netns")
-CLONE_NEWNET = 0x40000000
+from felix_nat64.drivers.netns import executor
+from felix_nat64.drivers.netns.executor import NamespaceUnavailable, run_in_namespace
+from felix_nat64.drivers.netns.namespaces import read_sysctl, write_sysctl
+
+NETNS_DIR = Path(executor.NETNS_DIR)
 
 T = TypeVar("T")
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class NetnsError(RuntimeError):
-    """A namespace is missing or cannot be entered."""
 
 
 def netns_path(name: str) -> Path:
     """Path of the bind mount that keeps the named namespace alive (as `ip netns` makes it)."""
-    if "/" in name or not name or name in (".", ".."):
-        raise NetnsError(f"not a namespace name: {name!r}")
-    return NETNS_DIR / name
+    return Path(executor.netns_path(name))
 
 
 def netns_exists(name: str) -> bool:
@@ -52,28 +45,9 @@ def netns_exists(name: str) -> bool:
     return netns_path(name).exists()
 
 
-def enter_netns(name: str | None) -> None:
-    """Move the calling thread (only it) into the named namespace; None does nothing."""
-    if name is None:
-        return
-    path = netns_path(name)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NetnsError(f"network namespace {name} does not exist ({path} is missing)") from None
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise NetnsError(f"setns into {name} failed: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-@dataclass
-class _Outcome(Generic[T]):
-    value: T | None = None
-    error: BaseException | None = None
-    done: bool = False
+def _require(name: str) -> None:
+    if not netns_exists(name):
+        raise NamespaceUnavailable(name, errno.ENOENT, "it does not exist")
 
 
 def run_in_netns(netns: str | None, fn: Callable[[], T], *, timeout: float = 60.0) -> T:
@@ -85,25 +59,7 @@ def run_in_netns(netns: str | None, fn: Callable[[], T], *, timeout: float = 60.
     """
     if netns is None:
         return fn()
-    outcome: _Outcome[T] = _Outcome()
-
-    def body() -> None:
-        try:
-            enter_netns(netns)
-            outcome.value = fn()
-        except BaseException as exc:  # handed to the caller, which re-raises it
-            outcome.error = exc
-        finally:
-            outcome.done = True
-
-    thread = threading.Thread(target=body, name=f"netns:{netns}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not outcome.done:
-        raise TimeoutError(f"work in namespace {netns} did not finish within {timeout}s")
-    if outcome.error is not None:
-        raise outcome.error
-    return outcome.value  # type: ignore[return-value]  # set whenever no error was raised
+    return run_in_namespace(netns, fn, timeout=timeout)
 
 
 def socket_in_netns(netns: str | None, family: int, kind: int, proto: int = 0) -> socket.socket:
@@ -111,32 +67,19 @@ def socket_in_netns(netns: str | None, family: int, kind: int, proto: int = 0) -
     return run_in_netns(netns, lambda: socket.socket(family, kind, proto), timeout=10.0)
 
 
-def _sysctl_path(key: str) -> Path:
-    # Keys are slash-separated below /proc/sys, e.g. "net/ipv6/conf/eth0/forwarding":
-    # slashes keep interface names with dots unambiguous.
-    parts = key.split("/")
-    if not key or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"bad sysctl key {key!r}")
-    return Path("/proc/sys").joinpath(*parts)
-
-
 def write_sysctls(netns: str | None, values: Mapping[str, str | int]) -> None:
     """Write each ``key -> value`` (keys like ``net/ipv4/ip_forward``) inside ``netns``, in order."""
 
     def write() -> None:
         for key, value in values.items():
-            _sysctl_path(key).write_text(f"{value}\n")
+            write_sysctl(key, str(value))
 
     run_in_netns(netns, write, timeout=10.0)
 
 
 def read_sysctls(netns: str | None, keys: Sequence[str]) -> dict[str, str]:
     """Current values of ``keys`` inside ``netns`` (stripped strings)."""
-
-    def read() -> dict[str, str]:
-        return {key: _sysctl_path(key).read_text().strip() for key in keys}
-
-    return run_in_netns(netns, read, timeout=10.0)
+    return run_in_netns(netns, lambda: {key: read_sysctl(key) for key in keys}, timeout=10.0)
 
 
 def command_in_netns(netns: str | None, argv: Sequence[str]) -> list[str]:
@@ -152,8 +95,8 @@ def popen_in_netns(netns: str | None, argv: Sequence[str], **kwargs: Any) -> sub
     The child's pid is the command's own (nsenter execs it), so it can be signalled
     directly. With ``netns=None`` the child inherits the calling thread's namespace.
     """
-    if netns is not None and not netns_exists(netns):
-        raise NetnsError(f"network namespace {netns} does not exist")
+    if netns is not None:
+        _require(netns)
     return subprocess.Popen(command_in_netns(netns, argv), **kwargs)
 
 
@@ -170,8 +113,8 @@ def run_command_in_netns(
     Raises subprocess.CalledProcessError (with the output) on a non-zero exit when
     ``check`` is true, and subprocess.TimeoutExpired after ``timeout`` seconds.
     """
-    if netns is not None and not netns_exists(netns):
-        raise NetnsError(f"network namespace {netns} does not exist")
+    if netns is not None:
+        _require(netns)
     return subprocess.run(
         command_in_netns(netns, argv),
         input=input_text,

@@ -48,17 +48,17 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any, ClassVar, TypeVar
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from felix_nat64.drivers.netns.executor import NamespaceUnavailable
+from felix_nat64.drivers.netns.namespaces import create_namespace, list_namespaces, remove_namespace
 from testbed.netns_exec import (
-    NETNS_DIR,
-    NetnsError,
     kill_pids,
     netns_exists,
     netns_path,
@@ -482,7 +482,7 @@ _ROUTER_SYSCTLS = {"net/ipv4/ip_forward": 1, "net/ipv6/conf/all/forwarding": 1}
 def _create_namespace(name: str) -> None:
     if netns_exists(name):
         raise TopologyError(f"namespace {name} already exists (a leftover? call cleanup_stale)")
-    netns.create(name)
+    create_namespace(name)
     with _ipr(name) as ipr:
         ipr.link("set", index=_index(ipr, "lo"), state="up")
 
@@ -491,8 +491,7 @@ def _remove_namespace(name: str) -> None:
     kill_pids(pids_in_netns(name))
     if not netns_exists(name):
         return
-    with suppress(FileNotFoundError):
-        netns.remove(name)
+    remove_namespace(name)
 
 
 def _delete_links(ns: str | None, names: Sequence[str]) -> None:
@@ -693,11 +692,7 @@ def cached_path_mtu(ns: str | None, dst: IPv4Address | IPv6Address | str) -> int
 def stale_namespaces(prefix: str) -> list[str]:
     """Namespaces in /run/netns that belong to a topology with exactly this prefix."""
     check_prefix(prefix)
-    try:
-        entries = sorted(os.listdir(NETNS_DIR))
-    except FileNotFoundError:
-        return []
-    return [e for e in entries if e.startswith(prefix) and _ROLE_RE.match(e[len(prefix) :])]
+    return [e for e in list_namespaces() if e.startswith(prefix) and _ROLE_RE.match(e[len(prefix) :])]
 
 
 def cleanup_stale(prefix: str = DEFAULT_PREFIX, *, node_in_current_netns: bool = False) -> list[str]:
@@ -784,7 +779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             removed = cleanup_stale(args.prefix, node_in_current_netns=args.node_here)
             print(json.dumps({"removed": removed}))
-    except (TopologyError, NetnsError, ValueError) as exc:
+    except (TopologyError, NamespaceUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -35,10 +35,10 @@ def run(args: argparse.Namespace) -> int:
     # Kernel libraries load here, so read-only commands work without them.
     from felix_nat64.cli.driver import build_dataplane  # noqa: PLC0415
     from felix_nat64.drivers.api import DataplaneError  # noqa: PLC0415
-    from felix_nat64.drivers.inventory import inventory  # noqa: PLC0415
+    from felix_nat64.drivers.discovery import discover  # noqa: PLC0415
 
     logs.configure(level="info" if args.force else "warning")
-    before = inventory()
+    before = discover().to_json()
     if not args.force:
         _print(before, args.json, "would remove" if before["objects"] else "nothing to remove")
         if before["objects"]:
@@ -49,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
     except DataplaneError as exc:
         raise CliError(f"cleanup failed: {exc}; fix the cause and run it again (it is idempotent)") \
             from None
-    after = inventory()
+    after = discover()
     _print(before, args.json, f"removed ({outcome.changes} kernel changes)")
-    if after["objects"]:
-        raise CliError("some objects are still present: " + ", ".join(after["objects"]))
+    if after.objects:
+        raise CliError("some objects are still present: " + ", ".join(after.objects))
     return exitcodes.OK
 
 

@@ -101,8 +101,8 @@ def collect(query: TableQuery, parent: ipaddress.IPv4Network | ipaddress.IPv6Net
             workloads: WorkloadIndex) -> TablePage:
     """The page `query` selects, from the translators on this node."""
     # Kernel libraries load here, so `--help` and bad arguments need none.
+    from felix_nat64.drivers.discovery import translators as discover  # noqa: PLC0415
     from felix_nat64.drivers.jool.errors import JoolError  # noqa: PLC0415
-    from felix_nat64.drivers.netns.links import discover  # noqa: PLC0415
     from felix_nat64.observe.session_table import read_page  # noqa: PLC0415
 
     translators = [t for t in discover() if t.namespace and (parent is None or t.parent == parent)]

@@ -173,12 +173,12 @@ def read_driver(path: str) -> tuple[DriverView | None, str]:
 
 def read_kernel() -> tuple[KernelStats | None, Mapping[str, Any] | None, str]:
     # Kernel libraries load here, so --no-kernel works without them.
-    from felix_nat64.drivers.inventory import inventory  # noqa: PLC0415
+    from felix_nat64.drivers.discovery import discover  # noqa: PLC0415
     from felix_nat64.observe.sampler import sample_kernel  # noqa: PLC0415
 
     try:
         stats = sample_kernel()
-        return stats, inventory(), stats.error
+        return stats, discover().to_json(), stats.error
     except Exception as exc:  # status must report, never crash
         return None, None, f"reading kernel state failed: {exc}"
 

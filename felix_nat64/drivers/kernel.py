@@ -1,33 +1,46 @@
 """The kernel dataplane: converges the node on a desired state.
 
-Order matters so traffic never meets a half-built path: translators
-(namespace, link, Jool) first, then the node's routes and rule, then the
-nftables table that starts steering pods into them; on removal the reverse.
-Every step reads what the kernel has, so applying the same state twice
-changes nothing, and a restarted driver adopts what its predecessor left.
+Order matters so traffic never meets a half-built path. On the way up:
+translators (namespace, link, Jool) first, then the node's routes and rule,
+then the nftables table that starts steering pods into them. On the way
+down the reverse: the table stops steering, then routes and rule go, then
+the translators. A change does both: new objects come up in the first order
+and old ones go in the second, so a prefix being removed loses its steering
+before its route, and its route before its translator.
+
+Translators of different namespaces are independent, so they converge in
+parallel, each on its own threads (one in its namespace for links and
+sysctls, one for Jool). Every step reads what the kernel has, so applying
+the same state twice changes nothing, a failed apply is finished by the
+next one, and a restarted driver adopts what its predecessor left.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from felix_nat64.drivers import discovery
 from felix_nat64.drivers.api import ApplyOutcome, DataplaneError
+from felix_nat64.drivers.discovery import FoundTranslator
 from felix_nat64.drivers.netns.errors import describe
-from felix_nat64.drivers.netns.links import FoundTranslator, TranslatorLinks, discover, forwarding_problems
-from felix_nat64.drivers.netns.worker import namespace_exists
-from felix_nat64.drivers.nft.ruleset import render
+from felix_nat64.drivers.netns.links import TranslatorLinks, forwarding_problems
+from felix_nat64.drivers.nft.ruleset import Ruleset, render
 from felix_nat64.drivers.nft.table import NftError, NftTable
-from felix_nat64.drivers.plan import DEFAULT_MTU, JoolConfig, jool_config, node_routes
+from felix_nat64.drivers.plan import DEFAULT_MTU, JoolConfig, Route, jool_config, node_routes
 from felix_nat64.drivers.routing import NodeRouting, RuleSpec
-from felix_nat64.logs import EventLogger
 from felix_nat64.model.state import DesiredState, Translator
 
 DEFAULT_MTU_FILE = "/var/lib/calico/mtu"
+# How many translators converge at once. Each uses two threads and a few
+# netlink sockets; most of its time is spent waiting on the kernel.
+DEFAULT_PARALLELISM = 8
 T = TypeVar("T")
+X = TypeVar("X")
 
 
 class JoolDriver(Protocol):
@@ -36,6 +49,26 @@ class JoolDriver(Protocol):
     def ensure(self, namespace: str, config: JoolConfig) -> int: ...
 
     def remove(self, namespace: str) -> int: ...
+
+
+class LinksDriver(Protocol):
+    """Converges a translator's namespace and veth pair."""
+
+    def ensure(self, t: Translator, mtu: int) -> int: ...
+
+    def remove(self, found: FoundTranslator) -> int: ...
+
+
+class RoutingDriver(Protocol):
+    """Converges the node's fwmark rule and routes."""
+
+    def apply(self, rule: RuleSpec | None, routes: Iterable[Route], *, prune: bool = True) -> int: ...
+
+
+class TableDriver(Protocol):
+    """Converges the nftables table (None: no table)."""
+
+    def apply(self, desired: Ruleset | None) -> int: ...
 
 
 def pod_network_mtu(path: str = DEFAULT_MTU_FILE) -> int | None:
@@ -52,22 +85,23 @@ class KernelDataplane:
     """The `Dataplane` the driver loop applies desired states to."""
 
     def __init__(self, jool: JoolDriver, *, mtu_file: str = DEFAULT_MTU_FILE,
-                 links: TranslatorLinks | None = None, routing: NodeRouting | None = None,
-                 nft: NftTable | None = None) -> None:
+                 links: LinksDriver | None = None, routing: RoutingDriver | None = None,
+                 nft: TableDriver | None = None,
+                 find_translators: Callable[[], Sequence[FoundTranslator]] = discovery.translators,
+                 check_forwarding: Callable[[], list[str]] = forwarding_problems,
+                 parallelism: int = DEFAULT_PARALLELISM) -> None:
         self._jool = jool
         self._mtu_file = mtu_file
         self._links = links or TranslatorLinks()
         self._routing = routing or NodeRouting()
         self._nft = nft or NftTable()
-        self._log = EventLogger("kernel")
+        self._find = find_translators
+        self._check_forwarding = check_forwarding
+        self._parallelism = max(1, parallelism)
 
     def adopt(self) -> Mapping[ipaddress.IPv6Network, ipaddress.IPv4Network]:
-        try:
-            found = discover()
-        except (OSError, NetlinkError) as exc:
-            raise DataplaneError(f"reading existing translators failed: {describe(exc)}") from exc
-        return {f.parent: f.block for f in found if f.parent is not None and f.block is not None
-                and f.namespace is not None}
+        found = self._step("reading existing translators", self._find)
+        return {f.parent: f.block for f in found if f.adoptable}  # type: ignore[misc]
 
     def mtu_for(self, desired: DesiredState) -> int:
         return desired.mtu or pod_network_mtu(self._mtu_file) or DEFAULT_MTU
@@ -75,22 +109,23 @@ class KernelDataplane:
     def apply(self, desired: DesiredState) -> ApplyOutcome:
         changes = 0
         if desired.active:
-            problems = forwarding_problems()
+            problems = self._step("forwarding check", self._check_forwarding)
             if problems:
                 raise DataplaneError("; ".join(problems))
             mtu = self.mtu_for(desired)
-            for t in desired.translators:
-                changes += self._step(f"translator {t.namespace}", self._ensure_translator, t, desired, mtu)
             rule = RuleSpec(desired.firewall_mark, desired.routing_table, desired.rule_priority)
-            changes += self._step("node routing", self._routing.apply, rule, node_routes(desired))
+            routes = node_routes(desired)
+            changes += self._each(desired.translators, lambda t: f"translator {t.namespace}",
+                                  lambda t: self._ensure_translator(t, desired, mtu))
+            changes += self._step("node routing", self._routing.apply, rule, routes, prune=False)
             changes += self._step("nftables table", self._nft.apply, render(desired))
+            changes += self._step("node routing", self._routing.apply, rule, routes)
         else:
             changes += self._step("nftables table", self._nft.apply, None)
             changes += self._step("node routing", self._routing.apply, None, ())
         wanted = {t.tid for t in desired.translators}
-        for found in self._step("translator discovery", discover):
-            if found.tid not in wanted:
-                changes += self._step(f"removing translator {found.tid}", self._remove_translator, found)
+        stale = [f for f in self._step("translator discovery", self._find) if f.tid not in wanted]
+        changes += self._each(stale, lambda f: f"removing translator {f.tid}", self._remove_translator)
         return ApplyOutcome(changes)
 
     def _ensure_translator(self, t: Translator, desired: DesiredState, mtu: int) -> int:
@@ -100,13 +135,35 @@ class KernelDataplane:
 
     def _remove_translator(self, found: FoundTranslator) -> int:
         changes = 0
-        if found.namespace is not None and namespace_exists(found.namespace):
+        if found.namespace is not None:
             changes += self._jool.remove(found.namespace)
         return changes + self._links.remove(found)
 
-    def _step(self, what: str, fn: Callable[..., T], *args: object) -> T:
+    def _each(self, items: Sequence[X], what: Callable[[X], str], fn: Callable[[X], int]) -> int:
+        """Runs fn on every item, in parallel; every failure is reported, in
+        the items' order, once all of them have finished."""
+        if len(items) <= 1 or self._parallelism == 1:
+            outcomes = [self._attempt(what(i), fn, i) for i in items]
+        else:
+            with ThreadPoolExecutor(max_workers=min(self._parallelism, len(items)),
+                                    thread_name_prefix="translator") as pool:
+                futures = [pool.submit(self._attempt, what(i), fn, i) for i in items]
+            outcomes = [f.result() for f in futures]
+        errors = [o for o in outcomes if isinstance(o, DataplaneError)]
+        if errors:
+            raise DataplaneError("; ".join(map(str, errors))) from errors[0]
+        return sum(o for o in outcomes if isinstance(o, int))
+
+    def _attempt(self, what: str, fn: Callable[[X], int], item: X) -> int | DataplaneError:
         try:
-            return fn(*args)
+            return self._step(what, fn, item)
+        except DataplaneError as exc:
+            return exc
+
+    @staticmethod
+    def _step(what: str, fn: Callable[..., T], *args: object, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
         except DataplaneError:
             raise
         except NftError as exc:

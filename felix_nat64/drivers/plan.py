@@ -13,13 +13,8 @@ from typing import Any
 
 from felix_nat64.drivers.nft import ruleset
 from felix_nat64.model.jsonview import to_jsonable
-from felix_nat64.model.state import (
-    JOOL_INSTANCE,
-    NODE_LINK_LL,
-    NS_LINK_LL,
-    DesiredState,
-    Translator,
-)
+from felix_nat64.model.ownership import JOOL_INSTANCE, NODE_LINK_LL, NS_LINK_LL
+from felix_nat64.model.state import DesiredState, Translator
 
 DEFAULT_MTU = 1500
 POOL4_ICMP_IDS = (0, 65535)

@@ -9,16 +9,16 @@ stale ones are found and removed without touching anyone else's.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from felix_nat64.drivers.netns.links import ROUTE_PROTO
-from felix_nat64.drivers.plan import MAIN_TABLE, Route
+from felix_nat64.drivers import discovery
+from felix_nat64.drivers.plan import Route
 from felix_nat64.logs import EventLogger
+from felix_nat64.model.ownership import ROUTE_PROTO
 
 
 @dataclass(frozen=True)
@@ -30,75 +30,64 @@ class RuleSpec:
     priority: int
 
 
-@dataclass(frozen=True)
-class _RouteKey:
-    family: int
-    table: int
-    dst: str
-
-
 class NodeRouting:
     """Converges the node's NAT64 rule and routes."""
 
     def __init__(self) -> None:
         self._log = EventLogger("routing")
 
-    def apply(self, rule: RuleSpec | None, routes: Iterable[Route]) -> int:
-        """Makes the node's rule and routes match; ours are swept from every table."""
+    def apply(self, rule: RuleSpec | None, routes: Iterable[Route], *, prune: bool = True) -> int:
+        """Makes the node's rule and routes match; ours are swept from every
+        table. With `prune` false only what is missing or wrong is added or
+        corrected, and what is no longer wanted stays for a later call: on
+        the way up, traffic still steered to an old prefix keeps its route
+        until the nftables table stops steering it."""
         with IPRoute() as ipr:
-            changes = self._converge_routes(ipr, list(routes))
-            changes += self._converge_rule(ipr, rule)
+            changes = self._converge_routes(ipr, list(routes), prune)
+            changes += self._converge_rule(ipr, rule, prune)
         return changes
 
-    def _converge_routes(self, ipr: IPRoute, routes: list[Route]) -> int:
-        wanted: dict[_RouteKey, Route] = {}
-        for r in routes:
-            family = socket.AF_INET6 if r.dst.version == 6 else socket.AF_INET
-            wanted[_RouteKey(family, r.table, str(r.dst))] = r
+    def _converge_routes(self, ipr: IPRoute, routes: list[Route], prune: bool) -> int:
+        wanted = {(_family(r), r.table, r.dst): r for r in routes}
         changes = 0
-        seen: set[_RouteKey] = set()
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for cur in ipr.route("dump", family=family):  # every table
-                if cur["proto"] != ROUTE_PROTO:
-                    continue
-                default = "::" if family == socket.AF_INET6 else "0.0.0.0"  # noqa: S104
-                dst = ipaddress.ip_network((cur.get("dst") or default, cur["dst_len"]))
-                key = _RouteKey(family, cur.get("table") or MAIN_TABLE, str(dst))
-                want = wanted.get(key)
-                if want is not None and cur.get("gateway") == str(want.gateway) \
-                        and cur.get("oif") in ipr.link_lookup(ifname=want.dev):
-                    seen.add(key)
-                    continue
-                if want is None:
-                    ipr.route("del", family=family, dst=str(dst.network_address),
-                              dst_len=dst.prefixlen, table=key.table, proto=ROUTE_PROTO)
-                    self._log.info("route removed", dst=dst, table=key.table)
-                    changes += 1
+        right: set[tuple[int, int, object]] = set()
+        for cur in discovery.routes(ipr):
+            key = (cur.family, cur.table, cur.dst)
+            want = wanted.get(key)
+            if want is not None:
+                if cur.gateway == str(want.gateway) and cur.oif in ipr.link_lookup(ifname=want.dev):
+                    right.add(key)
+                continue  # replaced below
+            if prune:
+                ipr.route("del", family=cur.family, dst=str(cur.dst.network_address),
+                          dst_len=cur.dst.prefixlen, table=cur.table, proto=ROUTE_PROTO)
+                self._log.info("route removed", dst=cur.dst, table=cur.table)
+                changes += 1
         for key, r in wanted.items():
-            if key in seen:
+            if key in right:
                 continue
             oif = ipr.link_lookup(ifname=r.dev)
             if not oif:
                 raise RuntimeError(f"link {r.dev} for route {r.dst} does not exist")
-            ipr.route("replace", family=key.family, dst=str(r.dst.network_address), dst_len=r.dst.prefixlen,
+            ipr.route("replace", family=key[0], dst=str(r.dst.network_address), dst_len=r.dst.prefixlen,
                       gateway=str(r.gateway), oif=oif[0], table=r.table, proto=ROUTE_PROTO)
             changes += 1
         return changes
 
-    def _converge_rule(self, ipr: IPRoute, rule: RuleSpec | None) -> int:
+    def _converge_rule(self, ipr: IPRoute, rule: RuleSpec | None, prune: bool) -> int:
         changes = 0
         found = False
-        for cur in ipr.rule("dump", family=socket.AF_INET6):
-            if not _is_ours(cur):
-                continue
-            mine = rule is not None and cur.get("fwmark") == rule.mark and cur.get("fwmask") == rule.mark \
-                and _table(cur) == rule.table and cur.get("priority") == rule.priority
+        for cur in discovery.rules(ipr):
+            mine = rule is not None and cur.fwmark == rule.mark and cur.fwmask == rule.mark \
+                and cur.table == rule.table and cur.priority == rule.priority
             if mine and not found:
                 found = True
                 continue
-            ipr.rule("del", family=socket.AF_INET6, priority=cur.get("priority"), table=_table(cur),
-                     fwmark=cur.get("fwmark"), fwmask=cur.get("fwmask"))
-            self._log.info("rule removed", priority=cur.get("priority"), table=_table(cur))
+            if not prune:
+                continue
+            ipr.rule("del", family=socket.AF_INET6, priority=cur.priority, table=cur.table,
+                     fwmark=cur.fwmark, fwmask=cur.fwmask)
+            self._log.info("rule removed", priority=cur.priority, table=cur.table)
             changes += 1
         if rule is not None and not found:
             ipr.rule("add", family=socket.AF_INET6, fwmark=rule.mark, fwmask=rule.mark, table=rule.table,
@@ -107,11 +96,5 @@ class NodeRouting:
         return changes
 
 
-def _table(rule: object) -> int:
-    get = rule.get  # type: ignore[attr-defined]
-    return int(get("FRA_TABLE") or get("table") or 0)
-
-
-def _is_ours(rule: object) -> bool:
-    # FRA_PROTOCOL tags the rule as ours (kernel >= 4.17).
-    return bool(rule.get("FRA_PROTOCOL") == ROUTE_PROTO)  # type: ignore[attr-defined]
+def _family(route: Route) -> int:
+    return socket.AF_INET6 if route.dst.version == 6 else socket.AF_INET

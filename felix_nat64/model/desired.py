@@ -11,9 +11,9 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 
 from felix_nat64.model import addressing, special_ipv4
+from felix_nat64.model.ownership import BLOCK_PREFIXLEN
 from felix_nat64.model.settings import Settings
 from felix_nat64.model.state import (
-    BLOCK_PREFIXLEN,
     DesiredState,
     Inputs,
     Pool,

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from felix_nat64.model import ownership as own
 from felix_nat64.model import values as v
 
 
@@ -75,10 +76,10 @@ class Settings:
     tcp_transitory_timeout: float = DEFAULT_TCP_TRANSITORY
     udp_timeout: float = DEFAULT_UDP
     icmp_timeout: float = DEFAULT_ICMP
-    pool4_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("169.254.64.0/24")
-    firewall_mark: int = 0x1000
-    routing_table: int = 6464
-    rule_priority: int = 96
+    pool4_cidr: ipaddress.IPv4Network = own.DEFAULT_POOL4_CIDR
+    firewall_mark: int = own.DEFAULT_FIREWALL_MARK
+    routing_table: int = own.DEFAULT_ROUTING_TABLE
+    rule_priority: int = own.DEFAULT_RULE_PRIORITY
     resync_interval: float = 30.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9096
@@ -249,15 +250,10 @@ def _iface_prefixes(text: str) -> tuple[str, ...]:
             raise ValueError(f"{item!r} is not a valid interface name prefix")
         # Felix matches workload interfaces by name prefix: such a prefix would
         # make it (and our steering rule) take the translator links for pods.
-        if _OWN_LINK_PREFIX.startswith(item) or item.startswith(_OWN_LINK_PREFIX):
+        if own.LINK_PREFIX.startswith(item) or item.startswith(own.LINK_PREFIX):
             raise ValueError(f"{item!r} matches felix-nat64's own translator links "
-                             f"({_OWN_LINK_PREFIX}<id>); Felix would treat them as workload interfaces")
+                             f"({own.LINK_PREFIX}<id>); Felix would treat them as workload interfaces")
     return items
-
-
-# felix_nat64.model.state.LINK_PREFIX (state imports this module, so it is
-# repeated here; a unit test keeps the two equal).
-_OWN_LINK_PREFIX = "fn64-"
 
 
 def _felix_bool(text: str) -> bool:

@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from felix_nat64.model.ownership import (
+    DEFAULT_FIREWALL_MARK,
+    DEFAULT_POOL4_CIDR,
+    DEFAULT_ROUTING_TABLE,
+    DEFAULT_RULE_PRIORITY,
+    LINK_PREFIXLEN,
+    NS_LINK_NAME,
+    namespace_name,
+    node_link_name,
+    translator_id,
+)
 from felix_nat64.model.settings import Settings
 from felix_nat64.model.values import PortRange
 
 IPv4Net = ipaddress.IPv4Network
 IPv6Net = ipaddress.IPv6Network
-
-# Every kernel object felix-nat64 creates carries one of these names, so a
-# restarted driver (or `felix-nat64 cleanup`) can find what is ours.
-NAMESPACE_PREFIX = "felix-nat64-"
-LINK_PREFIX = "fn64-"
-NS_LINK_NAME = "fn64-node"
-JOOL_INSTANCE = "felix-nat64"
-NFT_TABLE = "felix-nat64"
-BLOCK_PREFIXLEN = 28
-
-
-def translator_id(parent: IPv6Net) -> str:
-    """A short stable id for a /96 parent, used in kernel object names."""
-    return hashlib.sha256(parent.network_address.packed).hexdigest()[:8]
-
 
 @dataclass(frozen=True)
 class Pool:
@@ -79,11 +74,11 @@ class Translator:
 
     @property
     def namespace(self) -> str:
-        return NAMESPACE_PREFIX + self.tid
+        return namespace_name(self.tid)
 
     @property
     def node_link(self) -> str:
-        return LINK_PREFIX + self.tid
+        return node_link_name(self.tid)
 
     @property
     def ns_link(self) -> str:
@@ -91,21 +86,16 @@ class Translator:
 
     @property
     def link_node_addr(self) -> ipaddress.IPv4Interface:
-        return ipaddress.IPv4Interface((int(self.block.network_address) + 1, 30))
+        return ipaddress.IPv4Interface((int(self.block.network_address) + 1, LINK_PREFIXLEN))
 
     @property
     def link_ns_addr(self) -> ipaddress.IPv4Interface:
-        return ipaddress.IPv4Interface((int(self.block.network_address) + 2, 30))
+        return ipaddress.IPv4Interface((int(self.block.network_address) + 2, LINK_PREFIXLEN))
 
     @property
     def pool4(self) -> IPv4Net:
         # The upper half of the block: 8 addresses' worth of ports per protocol.
         return list(self.block.subnets(prefixlen_diff=1))[1]
-
-
-# Link-local next hops on every translator link.
-NODE_LINK_LL = ipaddress.IPv6Interface("fe80::1/64")
-NS_LINK_LL = ipaddress.IPv6Interface("fe80::2/64")
 
 
 @dataclass(frozen=True)
@@ -145,12 +135,12 @@ class DesiredState:
     snat: Snat = Snat(None, None)
     mtu: int | None = None
     timeouts: Timeouts = Timeouts(0, 0, 0, 0)
-    pool4_cidr: IPv4Net = IPv4Net("169.254.64.0/24")
+    pool4_cidr: IPv4Net = DEFAULT_POOL4_CIDR
     pool4_ports: PortRange = PortRange(1024, 65535)
     workload_iface_prefixes: tuple[str, ...] = ("cali",)
-    firewall_mark: int = 0x1000
-    routing_table: int = 6464
-    rule_priority: int = 96
+    firewall_mark: int = DEFAULT_FIREWALL_MARK
+    routing_table: int = DEFAULT_ROUTING_TABLE
+    rule_priority: int = DEFAULT_RULE_PRIORITY
     warnings: tuple[str, ...] = ()
 
     @property

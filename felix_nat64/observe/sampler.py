@@ -13,13 +13,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from felix_nat64.drivers.discovery import translators as discover
 from felix_nat64.drivers.jool.client import JoolClient
 from felix_nat64.drivers.jool.codec import session_sources
 from felix_nat64.drivers.jool.errors import JoolError
-from felix_nat64.drivers.netns.links import discover
 from felix_nat64.drivers.nft.table import Nft
+from felix_nat64.model.ownership import JOOL_INSTANCE
 from felix_nat64.model.protocol import PROTOCOLS, Protocol
-from felix_nat64.model.state import JOOL_INSTANCE
 from felix_nat64.model.workloads import WorkloadIndex
 from felix_nat64.observe.census import UNKNOWN, Census, TranslatorCensus, rank_namespaces
 from felix_nat64.observe.kernel_stats import KernelStats, TranslatorStats

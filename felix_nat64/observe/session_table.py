@@ -16,12 +16,12 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from felix_nat64.drivers.discovery import FoundTranslator
 from felix_nat64.drivers.jool.client import JoolClient
 from felix_nat64.drivers.jool.codec import Attr, decode_bib, decode_session
 from felix_nat64.drivers.jool.entries import BibEntry, SessionEntry
-from felix_nat64.drivers.netns.links import FoundTranslator
+from felix_nat64.model.ownership import JOOL_INSTANCE
 from felix_nat64.model.protocol import PROTOCOLS, Protocol
-from felix_nat64.model.state import JOOL_INSTANCE
 from felix_nat64.model.workloads import Workload, WorkloadIndex
 from felix_nat64.observe.kernel_stats import JSTAT_BIB_ENTRIES, JSTAT_SESSIONS
 

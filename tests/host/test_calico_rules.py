@@ -21,8 +21,9 @@ import pytest
 from felix_nat64.drivers.nft.ruleset import render
 from felix_nat64.drivers.nft.table import Nft, NftTable
 from felix_nat64.model.desired import build_desired
+from felix_nat64.model.ownership import NFT_TABLE
 from felix_nat64.model.settings import Settings
-from felix_nat64.model.state import NFT_TABLE, DesiredState, Host, Inputs, Pool
+from felix_nat64.model.state import DesiredState, Host, Inputs, Pool
 from testbed.calico_rules import (
     ALL_POOLS_SET_BEFORE_3_32,
     ALL_POOLS_SET_FROM_3_32,

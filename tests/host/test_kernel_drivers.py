@@ -22,15 +22,19 @@ import pytest
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
-from felix_nat64.drivers.netns.links import ROUTE_PROTO, TranslatorLinks, discover
-from felix_nat64.drivers.netns.worker import NamespaceThread, list_namespaces, namespace_exists
+from felix_nat64.drivers.discovery import namespaces
+from felix_nat64.drivers.discovery import translators as discover
+from felix_nat64.drivers.netns.executor import NamespaceExecutor
+from felix_nat64.drivers.netns.links import TranslatorLinks
+from felix_nat64.drivers.netns.namespaces import namespace_exists
 from felix_nat64.drivers.nft.ruleset import render
 from felix_nat64.drivers.nft.table import Nft, NftError, NftTable
 from felix_nat64.drivers.plan import node_routes
 from felix_nat64.drivers.routing import NodeRouting, RuleSpec
 from felix_nat64.model.desired import build_desired
+from felix_nat64.model.ownership import ROUTE_PROTO
 from felix_nat64.model.settings import Settings
-from felix_nat64.model.state import NAMESPACE_PREFIX, DesiredState, Host, Inputs, Pool
+from felix_nat64.model.state import DesiredState, Host, Inputs, Pool
 from felix_nat64.model.values import PortRange
 from testbed.netns_exec import socket_in_netns, write_sysctls
 
@@ -44,21 +48,21 @@ def desired_state(*prefixes: str, **kw: object) -> DesiredState:
 
 
 @pytest.fixture
-def node() -> Iterator[NamespaceThread]:
+def node() -> Iterator[NamespaceExecutor]:
     if os.geteuid() != 0:
         pytest.fail("host-kernel tests need root (network namespaces, nftables)")
     name = f"fn64h-{secrets.token_hex(3)}"
-    before = set(list_namespaces(NAMESPACE_PREFIX))
+    before = set(namespaces())
     pr_netns.create(name)
-    worker = NamespaceThread(name)
+    worker = NamespaceExecutor(name)
     yield worker
     worker.close()
     pr_netns.remove(name)
-    for leftover in set(list_namespaces(NAMESPACE_PREFIX)) - before:
+    for leftover in set(namespaces()) - before:
         pr_netns.remove(leftover)
 
 
-def nft_list(worker: NamespaceThread, what: str = "ruleset") -> str:
+def nft_list(worker: NamespaceExecutor, what: str = "ruleset") -> str:
     def run() -> str:
         nft = nftables.Nftables()
         rc, out, err = nft.cmd(f"list {what}")
@@ -68,7 +72,7 @@ def nft_list(worker: NamespaceThread, what: str = "ruleset") -> str:
     return worker.call(run)
 
 
-def nft_cmd(worker: NamespaceThread, cmd: str) -> None:
+def nft_cmd(worker: NamespaceExecutor, cmd: str) -> None:
     def run() -> None:
         rc, _, err = nftables.Nftables().cmd(cmd)
         assert rc == 0, err
@@ -77,7 +81,7 @@ def nft_cmd(worker: NamespaceThread, cmd: str) -> None:
 
 
 class TestNftTable:
-    def test_create_converge_and_remove(self, node: NamespaceThread) -> None:
+    def test_create_converge_and_remove(self, node: NamespaceExecutor) -> None:
         d = desired_state("64:ff9b::/96", "2001:db8::a00:0/104")
         assert node.call(lambda: NftTable().apply(render(d))) == 1
         text = nft_list(node)
@@ -88,7 +92,7 @@ class TestNftTable:
         assert "felix-nat64" not in nft_list(node)
         assert node.call(lambda: NftTable().apply(None)) == 0
 
-    def test_changes_are_applied_in_place_and_counters_survive(self, node: NamespaceThread) -> None:
+    def test_changes_are_applied_in_place_and_counters_survive(self, node: NamespaceExecutor) -> None:
         d1 = desired_state("64:ff9b::/96")
         node.call(lambda: NftTable().apply(render(d1)))
         nft_cmd(node, "add table inet probe")
@@ -116,7 +120,7 @@ class TestNftTable:
         assert node.call(lambda: Nft().counters())["snat"][0] == 1
         assert "table inet probe" in nft_list(node)  # other tables untouched
 
-    def test_drift_is_detected_and_repaired(self, node: NamespaceThread) -> None:
+    def test_drift_is_detected_and_repaired(self, node: NamespaceExecutor) -> None:
         d = desired_state("64:ff9b::/96")
         node.call(lambda: NftTable().apply(render(d)))
         nft_cmd(node, "flush chain inet felix-nat64 prerouting")
@@ -129,7 +133,7 @@ class TestNftTable:
         assert node.call(lambda: NftTable().apply(render(d))) == 1
         assert node.call(lambda: NftTable().apply(render(d))) == 0
 
-    def test_foreign_tables_are_never_touched(self, node: NamespaceThread) -> None:
+    def test_foreign_tables_are_never_touched(self, node: NamespaceExecutor) -> None:
         nft_cmd(node, "add table ip calico")
         nft_cmd(node, "add chain ip calico filter-FORWARD { type filter hook forward priority 0; }")
         nft_cmd(node, "add rule ip calico filter-FORWARD counter accept")
@@ -139,7 +143,7 @@ class TestNftTable:
         node.call(lambda: NftTable().apply(None))
         assert nft_list(node, "table ip calico") == before
 
-    def test_a_failed_transaction_changes_nothing(self, node: NamespaceThread) -> None:
+    def test_a_failed_transaction_changes_nothing(self, node: NamespaceExecutor) -> None:
         d = desired_state("64:ff9b::/96")
         node.call(lambda: NftTable().apply(render(d)))
         before = nft_list(node, "table inet felix-nat64")
@@ -150,7 +154,7 @@ class TestNftTable:
             node.call(lambda: NftTable().apply(bad))
         assert nft_list(node, "table inet felix-nat64") == before
 
-    def test_counters_are_readable(self, node: NamespaceThread) -> None:
+    def test_counters_are_readable(self, node: NamespaceExecutor) -> None:
         d = desired_state("64:ff9b::/96")
         node.call(lambda: NftTable().apply(render(d)))
         counters = node.call(lambda: Nft().counters())
@@ -160,7 +164,7 @@ class TestNftTable:
     @pytest.mark.parametrize("address", [None, "192.0.2.10"])
     @pytest.mark.parametrize("ports", [None, (40000, 40099)])
     def test_every_snat_form_applies_and_reads_back_unchanged(
-            self, node: NamespaceThread, address: str | None, ports: tuple[int, int] | None) -> None:
+            self, node: NamespaceExecutor, address: str | None, ports: tuple[int, int] | None) -> None:
         d = desired_state("64:ff9b::/96", snat_address=address and ipaddress.IPv4Address(address),
                           port_range=ports and PortRange(*ports))
         assert node.call(lambda: NftTable().apply(render(d))) == 1
@@ -171,7 +175,7 @@ class TestNftTable:
             assert "meta l4proto { tcp, udp }" in text and ":40000-40099" in text, text
         assert text.count("counter name \"snat\"") == (2 if ports else 1), text
 
-    def test_rendered_json_round_trips_through_nft(self, node: NamespaceThread) -> None:
+    def test_rendered_json_round_trips_through_nft(self, node: NamespaceExecutor) -> None:
         d = desired_state("64:ff9b::/96", snat_address=ipaddress.IPv4Address("192.0.2.10"))
         node.call(lambda: NftTable().apply(render(d)))
         out = node.call(lambda: Nft().list_table())
@@ -180,7 +184,7 @@ class TestNftTable:
         assert "192.0.2.10" in text and "fully-random" in text
 
 
-def _pod_behind(node: NamespaceThread, host_ifname: str, address: str) -> str:
+def _pod_behind(node: NamespaceExecutor, host_ifname: str, address: str) -> str:
     """A pod namespace whose eth0 is wired to the node by `host_ifname`, with a
     static next hop on the node so packets reach the node's prerouting hook."""
     pod = f"fn64hp-{secrets.token_hex(3)}"
@@ -203,9 +207,9 @@ def _pod_behind(node: NamespaceThread, host_ifname: str, address: str) -> str:
     return pod
 
 
-def _wire_pod(node: NamespaceThread, pod: str, peer: str, wire: Callable[[], str], address: str) -> None:
+def _wire_pod(node: NamespaceExecutor, pod: str, peer: str, wire: Callable[[], str], address: str) -> None:
     mac = node.call(wire)
-    worker = NamespaceThread(pod)
+    worker = NamespaceExecutor(pod)
 
     def rename() -> None:
         with IPRoute() as ipr:
@@ -243,7 +247,7 @@ class TestInterfacePrefix:
     """Only traffic from interfaces with Felix's workload prefix is steered."""
 
     @pytest.mark.parametrize("prefixes", [("eni",), ("cali",), ("cali", "eni")])
-    def test_only_the_configured_prefixes_are_steered(self, node: NamespaceThread,
+    def test_only_the_configured_prefixes_are_steered(self, node: NamespaceExecutor,
                                                       prefixes: tuple[str, ...]) -> None:
         d = desired_state("64:ff9b::/96", interface_prefixes=prefixes)
         node.call(lambda: NftTable().apply(render(d)))
@@ -266,7 +270,7 @@ class TestInterfacePrefix:
 
 
 class TestNodeRouting:
-    def test_rule_and_routes_converge_and_sweep(self, node: NamespaceThread) -> None:
+    def test_rule_and_routes_converge_and_sweep(self, node: NamespaceExecutor) -> None:
         d = desired_state("64:ff9b::/96")
         (t,) = d.translators
 
@@ -320,7 +324,7 @@ class TestNodeRouting:
 
 
 class TestTranslatorLinks:
-    def test_ensure_is_idempotent_and_repairs(self, node: NamespaceThread) -> None:
+    def test_ensure_is_idempotent_and_repairs(self, node: NamespaceExecutor) -> None:
         d = desired_state("64:ff9b::/96")
         (t,) = d.translators
         assert node.call(lambda: TranslatorLinks().ensure(t, 1450)) > 0
@@ -370,7 +374,7 @@ class TestTranslatorLinks:
         assert node.call(lambda: TranslatorLinks().remove(f)) == 0
 
     def test_a_namespace_file_left_by_an_interrupted_creation_is_replaced(
-            self, node: NamespaceThread) -> None:
+            self, node: NamespaceExecutor) -> None:
         # A creator killed between creating /run/netns/NAME and bind-mounting
         # a namespace on it leaves an empty file that is no namespace.
         d = desired_state("64:ff9b::/96")
@@ -379,7 +383,7 @@ class TestTranslatorLinks:
         with open(path, "x"):
             pass
         assert not namespace_exists(t.namespace)
-        (f,) = [f for f in node.call(discover) if f.tid == t.namespace.removeprefix(NAMESPACE_PREFIX)]
+        (f,) = [f for f in node.call(discover) if f.tid == t.tid]
         assert f.namespace == t.namespace
         assert node.call(lambda: TranslatorLinks().ensure(t, 1450)) > 0
         assert namespace_exists(t.namespace)

@@ -25,8 +25,7 @@ from typing import Any
 import pytest
 
 from felix_nat64.cli.main import build_parser
-from felix_nat64.drivers.netns.worker import list_namespaces
-from felix_nat64.model.state import NAMESPACE_PREFIX
+from felix_nat64.drivers.discovery import namespaces
 from testbed.felix import FelixSimulator
 
 REPO = Path(__file__).resolve().parents[2]
@@ -176,7 +175,7 @@ def test_commands_needing_the_development_extras_say_what_to_install(runtime: Ru
 def node_netns(root: None) -> Iterator[str]:
     """A throwaway namespace that plays a Calico node (forwarding on, as Calico sets it)."""
     name = f"fn64h-rt-{secrets.token_hex(3)}"
-    before = set(list_namespaces(NAMESPACE_PREFIX))
+    before = set(namespaces())
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.ip_forward=1",
@@ -184,7 +183,7 @@ def node_netns(root: None) -> Iterator[str]:
         yield name
     finally:
         # The driver's translator namespaces are machine-wide names: remove ours.
-        for leftover in set(list_namespaces(NAMESPACE_PREFIX)) - before:
+        for leftover in set(namespaces()) - before:
             subprocess.run(["ip", "netns", "del", leftover], check=False)
         subprocess.run(["ip", "netns", "del", name], check=False)
 
@@ -221,7 +220,7 @@ def test_driver_runs_as_felix_runs_it(runtime: RuntimeEnv, node_netns: str, tmp_
         # Applied on the kernel until Jool, which only the VM has.
         assert "Jool kernel module not loaded" in status["last_error"], status["last_error"]
         first = status["desired"]["translators"][0]
-        assert first["namespace"] in list_namespaces(NAMESPACE_PREFIX)
+        assert first["namespace"] in namespaces()
         links = subprocess.run(["ip", "-n", node_netns, "-o", "link", "show", first["node_link"]],
                                capture_output=True, text=True, check=False)
         assert links.returncode == 0, links.stderr

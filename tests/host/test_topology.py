@@ -15,6 +15,7 @@ import time
 import pytest
 from pyroute2 import IPRoute, netns
 
+from felix_nat64.drivers.netns.namespaces import list_namespaces
 from testbed import topology as t
 from testbed.netns_exec import (
     read_sysctls,
@@ -45,7 +46,7 @@ def link_names(ns: str | None) -> set[str]:
 
 
 def our_namespaces(prefix: str) -> list[str]:
-    return sorted(n for n in os.listdir(t.NETNS_DIR) if n.startswith(prefix)) if t.NETNS_DIR.exists() else []
+    return [n for n in list_namespaces() if n.startswith(prefix)]
 
 
 # --- plain routing through the node ----------------------------------------------------

@@ -3,10 +3,8 @@ from types import MappingProxyType
 
 import pytest
 
-from felix_nat64.model import settings as settings_module
 from felix_nat64.model import values
 from felix_nat64.model.settings import SPECS, Settings, resolve_settings, source_rank
-from felix_nat64.model.state import LINK_PREFIX
 from felix_nat64.wire.messages import ConfigUpdate, RawConfigSource
 
 
@@ -262,9 +260,6 @@ class TestValueParsers:
 
 class TestFelixCrossChecks:
     """Our mark and table against what Felix (and kube-proxy) own, per Felix's mode."""
-
-    def test_the_link_prefix_checked_is_the_one_the_driver_uses(self) -> None:
-        assert settings_module._OWN_LINK_PREFIX == LINK_PREFIX
 
     @pytest.mark.parametrize("prefix", ["eni", "gke", "azv", "cali,tap", "f0", "fn65"])
     def test_other_prefixes_are_fine(self, prefix: str) -> None:

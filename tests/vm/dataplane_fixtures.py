@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from felix_nat64.dataplane.managers import FelixView
-from felix_nat64.drivers.inventory import inventory
+from felix_nat64.drivers.discovery import discover
 from felix_nat64.drivers.jool import JoolWorker
 from felix_nat64.drivers.jool.codec import JoolHeader, Reply
 from felix_nat64.model.desired import build_desired
@@ -128,8 +128,7 @@ def simulated_node() -> Iterator[Node]:
 
 def kernel_leftovers() -> list[str]:
     """Every felix-nat64 object still in the kernel."""
-    leftovers: list[str] = inventory()["objects"]
-    return leftovers
+    return discover().objects
 
 
 def desired_from(stream: bytes,

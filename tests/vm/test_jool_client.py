@@ -31,7 +31,7 @@ from felix_nat64.drivers.jool.codec import JoolHeader, attr, attr_u8
 from felix_nat64.drivers.jool.constants import Op, Pool4Attr, RootAttr
 from felix_nat64.drivers.jool.global_config import BY_NAME, Kind, nat64_names
 from felix_nat64.drivers.plan import Pool4Entry
-from felix_nat64.model.state import JOOL_INSTANCE
+from felix_nat64.model.ownership import JOOL_INSTANCE
 from tests.vm.dataplane_fixtures import CountingTransport
 
 NAME = JOOL_INSTANCE

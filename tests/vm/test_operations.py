@@ -16,11 +16,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from felix_nat64.drivers.discovery import translators as discover
 from felix_nat64.drivers.jool import JoolClient, JoolWorker, SessionEntry, module_version
 from felix_nat64.drivers.jool.constants import Op
-from felix_nat64.drivers.netns.links import discover
+from felix_nat64.model.ownership import JOOL_INSTANCE
 from felix_nat64.model.protocol import Protocol
-from felix_nat64.model.state import JOOL_INSTANCE
 from felix_nat64.observe import session_table
 from testbed.traffic import tcp_request, udp_exchange, udp_flows
 from tests.vm.dataplane_fixtures import (

@@ -8,24 +8,28 @@ restarted driver leaves a correct instance (and its sessions) alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from felix_nat64.drivers.api import DataplaneError
 from felix_nat64.drivers.jool.client import JoolClient
-from felix_nat64.drivers.jool.errors import JoolError, JoolNotFound
+from felix_nat64.drivers.jool.errors import JoolError, JoolNamespaceError, JoolNotFound
 from felix_nat64.drivers.jool.pool4diff import pool4_changes
 from felix_nat64.drivers.plan import JoolConfig
 from felix_nat64.logs import EventLogger
-from felix_nat64.model.state import JOOL_INSTANCE
+from felix_nat64.model.ownership import JOOL_INSTANCE
 
 
 class JoolInstances:
-    """The JoolDriver of the kernel dataplane."""
+    """The JoolDriver of the kernel dataplane. `open_client` gives a client
+    acting in a namespace (tests hand in an in-memory Jool)."""
 
-    def __init__(self) -> None:
+    def __init__(self, open_client: Callable[[str], JoolClient] = JoolClient.open) -> None:
+        self._open = open_client
         self._log = EventLogger("jool")
 
     def ensure(self, namespace: str, config: JoolConfig) -> int:
         try:
-            with JoolClient.open(namespace) as jool:
+            with self._open(namespace) as jool:
                 return self._ensure(jool, config)
         except JoolError as exc:
             raise DataplaneError(f"Jool in {namespace}: {exc}") from exc
@@ -62,13 +66,16 @@ class JoolInstances:
         return changes
 
     def remove(self, namespace: str) -> int:
+        """Removes the instance from a namespace being swept. A namespace that
+        cannot be entered (gone, or only the file of an interrupted creation)
+        holds no instance: Jool instances go with their namespace."""
         try:
-            with JoolClient.open(namespace) as jool:
+            with self._open(namespace) as jool:
                 if not jool.instance_exists(JOOL_INSTANCE):
                     return 0
                 jool.instance_remove(JOOL_INSTANCE)
                 return 1
-        except JoolNotFound:
+        except (JoolNotFound, JoolNamespaceError):
             return 0
         except JoolError as exc:
             raise DataplaneError(f"Jool in {namespace}: {exc}") from exc

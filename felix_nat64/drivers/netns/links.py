@@ -1,28 +1,27 @@
 """Translator namespaces and the veth pairs that join them to the node.
 
-Ownership is by name: namespaces `felix-nat64-<id>`, node-side links
-`fn64-<id>` whose alias records the /96 parent they serve, and routes with
-our route protocol number. A restarted driver finds all of it again
-through `discover()` and changes nothing that is already right.
+Ownership is by name (model/ownership.py): namespaces `felix-nat64-<id>`,
+node-side links `fn64-<id>` whose alias records the /96 parent they serve,
+and routes with our route protocol number. A restarted driver finds all of
+it again through `discovery.translators()` and changes nothing that is
+already right.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
+import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.ethtool import Ethtool
 
-from felix_nat64.drivers.netns.worker import (
-    NETNS_DIR,
-    NamespaceThread,
+from felix_nat64.drivers.discovery import FoundTranslator
+from felix_nat64.drivers.netns.executor import NamespaceExecutor, netns_path
+from felix_nat64.drivers.netns.namespaces import (
     create_namespace,
-    list_namespaces,
     namespace_entry_exists,
     namespace_exists,
     read_sysctl,
@@ -31,64 +30,13 @@ from felix_nat64.drivers.netns.worker import (
 )
 from felix_nat64.drivers.plan import Route, translator_routes
 from felix_nat64.logs import EventLogger
-from felix_nat64.model.state import (
-    BLOCK_PREFIXLEN,
-    LINK_PREFIX,
-    NAMESPACE_PREFIX,
-    NODE_LINK_LL,
-    NS_LINK_LL,
-    NS_LINK_NAME,
-    Translator,
-)
+from felix_nat64.model.ownership import NODE_LINK_LL, NS_LINK_LL, NS_LINK_NAME, ROUTE_PROTO, link_alias
+from felix_nat64.model.state import Translator
 
-ALIAS_PREFIX = "felix-nat64 parent="
-ROUTE_PROTO = 164  # marks routes as felix-nat64's (see docs/architecture.md)
 IFA_F_NODAD = 0x02  # the link is point-to-point: duplicate detection only delays it
 OFFLOADS_OFF = ("rx-gro", "rx-gro-list", "rx-lro")  # Jool must see unmerged packets
 
 IPAddr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-
-
-@dataclass(frozen=True)
-class FoundTranslator:
-    """A translator found in the kernel (possibly incomplete)."""
-
-    tid: str
-    namespace: str | None
-    node_link: str | None
-    parent: ipaddress.IPv6Network | None
-    block: ipaddress.IPv4Network | None
-
-
-def discover() -> list[FoundTranslator]:
-    """Every felix-nat64 translator namespace and node link on this node."""
-    found: dict[str, dict[str, Any]] = {}
-    for name in list_namespaces(NAMESPACE_PREFIX):
-        found.setdefault(name[len(NAMESPACE_PREFIX):], {})["namespace"] = name
-    with IPRoute() as ipr:
-        for link in ipr.link("dump"):
-            name = link.get("ifname") or ""
-            if not name.startswith(LINK_PREFIX):
-                continue
-            entry = found.setdefault(name[len(LINK_PREFIX):], {})
-            entry["node_link"] = name
-            entry["parent"] = _parent_from_alias(link.get("ifalias") or "")
-            for addr in ipr.addr("dump", index=link["index"], family=socket.AF_INET):
-                iface = ipaddress.IPv4Interface((addr.get("address"), addr["prefixlen"]))
-                if iface.network.prefixlen == 30:
-                    entry["block"] = ipaddress.IPv4Network(
-                        (int(iface.network.network_address), BLOCK_PREFIXLEN), strict=False)
-    return [FoundTranslator(tid, e.get("namespace"), e.get("node_link"), e.get("parent"), e.get("block"))
-            for tid, e in sorted(found.items())]
-
-
-def _parent_from_alias(alias: str) -> ipaddress.IPv6Network | None:
-    if not alias.startswith(ALIAS_PREFIX):
-        return None
-    try:
-        return ipaddress.IPv6Network(alias[len(ALIAS_PREFIX):])
-    except ValueError:
-        return None
 
 
 def _lookup(ipr: IPRoute, name: str) -> int | None:
@@ -101,6 +49,9 @@ class TranslatorLinks:
 
     def __init__(self) -> None:
         self._log = EventLogger("netns")
+        # Translators converge in parallel; namespace creation may have to
+        # make /run/netns a shared mount first, which only one may do.
+        self._creating = threading.Lock()
 
     # -- converge -------------------------------------------------------------
 
@@ -112,19 +63,20 @@ class TranslatorLinks:
             if namespace_entry_exists(t.namespace):
                 remove_namespace(t.namespace)  # the file of an interrupted creation
                 log.info("unmounted namespace file removed")
-            create_namespace(t.namespace)
+            with self._creating:
+                create_namespace(t.namespace)
             log.info("namespace created")
             changes += 1
         # Netlink and sysctls inside the namespace go through a thread that
         # lives there (no fork: the driver runs threads).
-        with IPRoute() as node, NamespaceThread(t.namespace) as worker:
+        with IPRoute() as node, NamespaceExecutor(t.namespace) as worker:
             inner: IPRoute = worker.call(IPRoute)
             try:
                 node_idx, inner_idx, created = self._pair(node, worker, inner, t)
                 changes += created
                 if created:
                     log.info("link created", node_link=t.node_link)
-                changes += self._converge_link(node, node_idx, mtu, ALIAS_PREFIX + str(t.parent))
+                changes += self._converge_link(node, node_idx, mtu, link_alias(t.parent))
                 changes += worker.call(self._converge_inner, inner, inner_idx, t, mtu)
                 changes += self._converge_addrs(node, node_idx, [t.link_node_addr, NODE_LINK_LL])
                 changes += self._node_side_settings(t.node_link)
@@ -143,7 +95,8 @@ class TranslatorLinks:
         return changes + self._converge_routes(inner, index, translator_routes(t))
 
     @staticmethod
-    def _pair(node: IPRoute, worker: NamespaceThread, inner: IPRoute, t: Translator) -> tuple[int, int, int]:
+    def _pair(node: IPRoute, worker: NamespaceExecutor, inner: IPRoute,
+              t: Translator) -> tuple[int, int, int]:
         node_idx = _lookup(node, t.node_link)
         inner_idx = worker.call(_lookup, inner, NS_LINK_NAME)
         if node_idx is not None and inner_idx is not None:
@@ -156,7 +109,7 @@ class TranslatorLinks:
         if inner_idx is not None:
             worker.call(lambda: inner.link("del", index=inner_idx))
         node.link("add", ifname=t.node_link, kind="veth",
-                  peer={"ifname": NS_LINK_NAME, "net_ns_fd": os.path.join(NETNS_DIR, t.namespace)})
+                  peer={"ifname": NS_LINK_NAME, "net_ns_fd": netns_path(t.namespace)})
         node_idx = _lookup(node, t.node_link)
         inner_idx = worker.call(_lookup, inner, NS_LINK_NAME)
         if node_idx is None or inner_idx is None:

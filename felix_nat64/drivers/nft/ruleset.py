@@ -28,10 +28,11 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from felix_nat64.model.state import LINK_PREFIX, NFT_TABLE, DesiredState
+from felix_nat64.model.ownership import LINK_PREFIX
+from felix_nat64.model.ownership import NFT_FAMILY as FAMILY
+from felix_nat64.model.ownership import NFT_TABLE as TABLE
+from felix_nat64.model.state import DesiredState
 
-FAMILY = "inet"
-TABLE = NFT_TABLE
 PRIO_MANGLE = -150
 PRIO_FILTER = 0
 PRIO_SRCNAT = 100

@@ -17,8 +17,10 @@ from typing import Any
 
 import nftables
 
-from felix_nat64.drivers.nft.ruleset import COUNTERS, FAMILY, TABLE, Ruleset
+from felix_nat64.drivers.nft.ruleset import COUNTERS, Ruleset
 from felix_nat64.logs import EventLogger
+from felix_nat64.model.ownership import NFT_FAMILY as FAMILY
+from felix_nat64.model.ownership import NFT_TABLE as TABLE
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from felix_nat64.model.ownership import JOOL_INSTANCE, is_our_route
 from testbed.netns_exec import socket_in_netns
 from testbed.vm import in_vm
 from tests.vm.conftest import NOT_IN_VM_EXIT
@@ -48,7 +49,6 @@ NOT_IN_VM = (
 )
 SOAK = os.environ.get("FELIX_NAT64_SOAK") == "1"
 REPORT_ENV = "FELIX_NAT64_VM_REPORT"
-JOOL_INSTANCE = "felix-nat64"
 
 
 def _under(item: pytest.Item, directory: Path) -> bool:
@@ -220,7 +220,7 @@ def _routes(namespace: str | None) -> list[str]:
     for family in ("-4", "-6"):
         where = ["-n", namespace] if namespace else []
         for r in json.loads(run("ip", "-j", family, *where, "route", "show", "table", "all") or "[]"):
-            if r.get("protocol") in ("164", 164):
+            if is_our_route(r.get("protocol")):
                 out.append(f"{r['dst']} via {r.get('gateway')} dev {r.get('dev')} "
                            f"table {r.get('table', 'main')}")
     return sorted(out)
@@ -252,9 +252,9 @@ def kernel_state() -> dict[str, Any]:
     """Everything felix-nat64 programs, read back with the kernel's own tools
     (ip, nft, jool, sysctl), without what changes on every creation
     (interface indexes, kernel-made link-local addresses, counter values)."""
-    from felix_nat64.drivers.inventory import inventory  # noqa: PLC0415
+    from felix_nat64.drivers.discovery import discover  # noqa: PLC0415
 
-    inv = inventory()
+    inv = discover().to_json()
     state: dict[str, Any] = {
         "objects": sorted(inv["objects"]),
         "fwmark_rules": _fwmark_rules(),
@@ -474,12 +474,12 @@ def quick_state() -> dict[str, Any]:
     """A cheap in-process reading of the same objects as kernel_state(), for
     polling: inventory, our nftables table as the driver compares it, and
     each translator's Jool instance, pool4, globals, link state and sysctl."""
-    from felix_nat64.drivers.inventory import inventory  # noqa: PLC0415
+    from felix_nat64.drivers.discovery import discover  # noqa: PLC0415
     from felix_nat64.drivers.jool.client import JoolClient  # noqa: PLC0415
     from felix_nat64.drivers.jool.errors import JoolError  # noqa: PLC0415
     from felix_nat64.drivers.nft.table import Nft, view_of_kernel  # noqa: PLC0415
 
-    inv = inventory()
+    inv = discover().to_json()
     items = Nft().list_table()
     state: dict[str, Any] = {"objects": sorted(inv["objects"]),
                              "nft": None if items is None else view_of_kernel(items)}

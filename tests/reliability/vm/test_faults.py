@@ -198,7 +198,7 @@ def apply_steps(desired: DesiredState) -> list[Step]:
     from felix_nat64.drivers.jool.instances import JoolInstances  # noqa: PLC0415
     from felix_nat64.drivers.kernel import KernelDataplane  # noqa: PLC0415
     from felix_nat64.drivers.netns.links import TranslatorLinks  # noqa: PLC0415
-    from felix_nat64.drivers.netns.worker import create_namespace  # noqa: PLC0415
+    from felix_nat64.drivers.netns.namespaces import create_namespace  # noqa: PLC0415
     from felix_nat64.drivers.nft.ruleset import render  # noqa: PLC0415
     from felix_nat64.drivers.nft.table import NftTable  # noqa: PLC0415
     from felix_nat64.drivers.plan import jool_config, node_routes  # noqa: PLC0415
