@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all deps venv proto lint unit host vm demo-check image image-check test demo bench bench-frontend bench-image render-example clean
+.PHONY: all deps venv proto lint unit chart host vm demo-check image image-check test demo bench bench-frontend bench-image render-example clean
 
 all: test
 
@@ -33,9 +33,14 @@ lint: venv
 	$(BIN)/lint-imports
 	shellcheck image/*
 
-# Pure tests and the fuzz/bad-settings suites: no root needed.
+# Pure tests, the fuzz and bad-settings suites among them: no root, no kernel.
 unit: venv
-	$(BIN)/pytest -q tests/unit tests/reliability --ignore=tests/reliability/vm
+	$(BIN)/pytest -q tests/unit
+
+# The Helm chart, the static manifest and the image's scripts, rendered and
+# run here (Helm's engine through helm-python-sdk; no root).
+chart: venv
+	$(BIN)/pytest -q tests/chart
 
 # Host-kernel tests in throwaway network namespaces (root).
 host: venv
@@ -43,7 +48,7 @@ host: venv
 
 # Tests that need the real Jool module run inside the VM.
 vm: venv
-	$(PY) -m testbed.vm $(BIN)/pytest -q tests/vm tests/reliability/vm
+	$(PY) -m testbed.vm $(BIN)/pytest -q tests/vm
 
 # The README's demo, end to end, in the VM.
 demo-check: venv
@@ -61,6 +66,7 @@ image-check: image
 test: venv
 	$(MAKE) lint
 	$(MAKE) unit
+	$(MAKE) chart
 	$(MAKE) host
 	$(MAKE) image-check
 	$(MAKE) vm

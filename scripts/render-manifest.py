@@ -3,7 +3,7 @@
 
 The chart in charts/felix-nat64 is the only source: deploy/felix-nat64.yaml is
 this script's output for the chart's default values (an operator-managed
-Calico), and tests/unit/test_chart.py fails when the two differ. The templates
+Calico), and tests/chart/test_chart.py fails when the two differ. The templates
 are rendered by Helm's own engine, called through helm-python-sdk (in the
 `dev` extra), so no helm binary is needed and the output is what `helm
 template` would give.

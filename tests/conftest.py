@@ -1,7 +1,7 @@
 """Fixtures shared by the suites that run in the test VM.
 
 The simulated node uses this VM's own namespace and fixed interface names,
-so one node serves a whole run of tests/vm and tests/reliability/vm.
+so one node serves a whole run of tests/vm and tests/vm/reliability.
 """
 
 from __future__ import annotations

@@ -9,29 +9,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from felix_nat64.cli import driver as driver_cli
-from felix_nat64.drivers.api import ApplyOutcome
-from felix_nat64.model.state import DesiredState
+from felix_nat64.testing.fakes import RecordingDataplane
 from felix_nat64.testing.streams import StreamBuilder
 from felix_nat64.wire.transport import SocketServer, TransportError
 from testbed.felix import driver_command
-
-
-class Recording:
-    def __init__(self) -> None:
-        self.applied: list[DesiredState] = []
-
-    def adopt(self) -> Mapping[object, object]:
-        return {}
-
-    def apply(self, desired: DesiredState) -> ApplyOutcome:
-        self.applied.append(desired)
-        return ApplyOutcome(1)
 
 
 def stream(prefixes: str) -> bytes:
@@ -66,7 +52,7 @@ def test_socket_is_created_0600_and_refuses_other_files(tmp_path: Path) -> None:
 
 def test_socket_driver_keeps_state_across_felix_sessions(tmp_path: Path) -> None:
     path = str(tmp_path / "felix-nat64.sock")
-    dp = Recording()
+    dp = RecordingDataplane()
     drv = driver_cli.Driver(dp, str(tmp_path / "status.json"))  # type: ignore[arg-type]
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(driver_cli._run_socket(drv, path)), daemon=True)
@@ -87,7 +73,7 @@ def test_socket_driver_keeps_state_across_felix_sessions(tmp_path: Path) -> None
 
 
 def test_driver_exits_cleanly_on_eof_without_teardown(tmp_path: Path) -> None:
-    dp = Recording()
+    dp = RecordingDataplane()
     drv = driver_cli.Driver(dp, None)  # type: ignore[arg-type]
     r, w = os.pipe()
     os.write(w, stream("64:ff9b::/96"))
@@ -102,7 +88,7 @@ def test_driver_exits_cleanly_on_eof_without_teardown(tmp_path: Path) -> None:
 
 
 def test_framing_error_ends_the_stream_with_the_error(tmp_path: Path) -> None:
-    dp = Recording()
+    dp = RecordingDataplane()
     drv = driver_cli.Driver(dp, None)  # type: ignore[arg-type]
     data = StreamBuilder().env_config(NAT64Prefixes="64:ff9b::/96").raw_bytes(b"\xff" * 8).data()
     end = drv.run_stream(iter([data]), "test-reader")

@@ -75,7 +75,7 @@ true
 
 {{/*
 NAT64 settings: value key -> Felix config key. The order here is the order of
-the environment variables. tests/unit/test_chart.py checks this table against
+the environment variables. tests/chart/test_chart.py checks this table against
 felix_nat64.model.settings.SPECS.
 */}}
 {{- define "felix-nat64.nat64Keys" -}}

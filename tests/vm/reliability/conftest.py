@@ -1,11 +1,12 @@
-"""Shared set-up for the fault, restart and load tests, which run in the test VM.
+"""Shared set-up for the fault, restart, security, coexistence and load tests.
 
-They need the real Jool module and root, like tests/vm, and use the same
-simulated node (this VM's own namespace with two pods, an IPv4 uplink and
-IPv4-only servers). Outside the VM the run stops with the command to use:
-these tests are never skipped.
+They are part of the VM tier (tests/vm/conftest.py stops a run outside the
+VM with the command to use: they are never skipped), use the same simulated
+node as tests/vm (this VM's own namespace with two pods, an IPv4 uplink and
+IPv4-only servers), and carry the `reliability` marker:
 
-    .venv/bin/python -m testbed.vm .venv/bin/pytest -q tests/reliability/vm
+    .venv/bin/python -m testbed.vm .venv/bin/pytest -q tests/vm/reliability
+    .venv/bin/python -m testbed.vm .venv/bin/pytest -q tests/vm -m reliability
 
 The default sizes keep all of them to a few minutes of guest time;
 FELIX_NAT64_SOAK=1 runs the long variants. Each test records its figures
@@ -35,18 +36,9 @@ import pytest
 
 from felix_nat64.model.ownership import JOOL_INSTANCE, is_our_route
 from testbed.netns_exec import socket_in_netns
-from testbed.vm import in_vm
-from tests.vm.conftest import NOT_IN_VM_EXIT
 from tests.vm.dataplane_fixtures import Node, RunningDriver, kernel_leftovers, start_driver
 
 HERE = Path(__file__).resolve().parent
-VM_TESTS = HERE.parent.parent / "vm"
-NOT_IN_VM = (
-    "tests/reliability/vm need the real Jool kernel module and root, so they only run inside the test VM:\n"
-    "    .venv/bin/python -m testbed.vm .venv/bin/pytest -q tests/reliability/vm\n"
-    "(FELIX_NAT64_IN_VM=1 is not set here; on the host run the other suites with "
-    "--ignore=tests/reliability/vm.)"
-)
 SOAK = os.environ.get("FELIX_NAT64_SOAK") == "1"
 REPORT_ENV = "FELIX_NAT64_VM_REPORT"
 
@@ -56,11 +48,7 @@ def _under(item: pytest.Item, directory: Path) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not any(_under(item, HERE) for item in items):
-        return
-    if not in_vm():
-        pytest.exit(NOT_IN_VM, returncode=NOT_IN_VM_EXIT)
-    # tests/vm first, so their module drivers are gone before these tests
+    # The rest of tests/vm first, so their module drivers are gone before these tests
     # start from a clean kernel on the shared node (tests/conftest.py).
     items.sort(key=lambda item: _under(item, HERE))
 

@@ -17,9 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+
 from testbed.traffic import HeldConnection, HoldReport
-from tests.reliability.vm.conftest import SOAK, DriverPool, UdpReport, UdpStream, pod, record
 from tests.vm.dataplane_fixtures import NSP, WKP, Node, RunningDriver, nat64, node_stream, stream_frames
+from tests.vm.reliability.conftest import SOAK, DriverPool, UdpReport, UdpStream, pod, record
+
+pytestmark = pytest.mark.reliability
 
 STREAM = node_stream()
 THIRD_PREFIX = "2001:db8:65::/96"

@@ -27,7 +27,20 @@ from pyroute2 import IPRoute
 from felix_nat64.model.state import DesiredState, Translator
 from felix_nat64.wire.framing import HEADER_LEN
 from testbed.traffic import tcp_request
-from tests.reliability.vm.conftest import (
+from tests.vm.dataplane_fixtures import (
+    NSP,
+    Node,
+    RunningDriver,
+    desired_from,
+    kernel_leftovers,
+    metric,
+    nat64,
+    node_stream,
+    scrape,
+    start_driver,
+    stream_frames,
+)
+from tests.vm.reliability.conftest import (
     JOOL_INSTANCE,
     SOAK,
     DriverPool,
@@ -45,19 +58,8 @@ from tests.reliability.vm.conftest import (
     status_json,
     wait_for,
 )
-from tests.vm.dataplane_fixtures import (
-    NSP,
-    Node,
-    RunningDriver,
-    desired_from,
-    kernel_leftovers,
-    metric,
-    nat64,
-    node_stream,
-    scrape,
-    start_driver,
-    stream_frames,
-)
+
+pytestmark = pytest.mark.reliability
 
 DOC = "198.51.100.10"
 RESYNC_SECONDS = 2.0  # node_stream() sets NAT64ResyncInterval=2s

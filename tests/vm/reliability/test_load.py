@@ -29,7 +29,18 @@ from testbed.traffic import (
     tcp_request,
     udp_exchange,
 )
-from tests.reliability.vm.conftest import (
+from tests.vm.dataplane_fixtures import (
+    NSP,
+    WKP,
+    Node,
+    RunningDriver,
+    desired_from,
+    metric,
+    nat64,
+    node_stream,
+    scrape,
+)
+from tests.vm.reliability.conftest import (
     JOOL_INSTANCE,
     SOAK,
     jool_cli,
@@ -43,17 +54,8 @@ from tests.reliability.vm.conftest import (
     status_json,
     wait_for,
 )
-from tests.vm.dataplane_fixtures import (
-    NSP,
-    WKP,
-    Node,
-    RunningDriver,
-    desired_from,
-    metric,
-    nat64,
-    node_stream,
-    scrape,
-)
+
+pytestmark = pytest.mark.reliability
 
 DOC = "198.51.100.10"
 GLOBAL = "192.0.0.10"

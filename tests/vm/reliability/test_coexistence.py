@@ -30,7 +30,7 @@ in place, and the driver run as Felix runs it:
 
 Each outcome is recorded in the figures (section "coexistence").
 
-Run: .venv/bin/python -m testbed.vm .venv/bin/pytest -q tests/reliability/vm/test_coexistence.py
+Run: .venv/bin/python -m testbed.vm .venv/bin/pytest -q tests/vm/reliability/test_coexistence.py
 """
 
 from __future__ import annotations
@@ -66,17 +66,6 @@ from testbed.calico_rules import (
 from testbed.netns_exec import socket_in_netns
 from testbed.topology import Topology, pod_address
 from testbed.traffic import HeldConnection, ping, tcp_request, udp_exchange
-from tests.reliability.vm.conftest import (
-    JOOL_INSTANCE,
-    DriverPool,
-    cleanup_cli,
-    driver_pool,
-    jool_stats,
-    record,
-    status_json,
-    wait_for,
-)
-from tests.reliability.vm.test_security import ATTACKER4, T_NSP, ip_packet, wires
 from tests.vm.dataplane_fixtures import (
     NSP,
     WKP,
@@ -88,6 +77,19 @@ from tests.vm.dataplane_fixtures import (
     node_stream,
     scrape,
 )
+from tests.vm.reliability.conftest import (
+    JOOL_INSTANCE,
+    DriverPool,
+    cleanup_cli,
+    driver_pool,
+    jool_stats,
+    record,
+    status_json,
+    wait_for,
+)
+from tests.vm.reliability.test_security import ATTACKER4, T_NSP, ip_packet, wires
+
+pytestmark = pytest.mark.reliability
 
 DOC = "198.51.100.10"
 GLOBAL = "192.0.0.10"

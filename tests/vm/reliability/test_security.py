@@ -33,7 +33,7 @@ bib       a pod holds a UDP flow and a TCP connection; the attacker aims at
           flows is the only way in.
 socket    an unprivileged user connects to `felix-nat64 driver --socket`.
 
-Run: .venv/bin/python -m testbed.vm .venv/bin/pytest -q tests/reliability/vm/test_security.py
+Run: .venv/bin/python -m testbed.vm .venv/bin/pytest -q tests/vm/reliability/test_security.py
 """
 
 from __future__ import annotations
@@ -67,8 +67,10 @@ from felix_nat64.model.state import Translator
 from testbed.netns_exec import run_command_in_netns, run_in_netns, socket_in_netns
 from testbed.topology import CALI_MAC, Topology, pod_address
 from testbed.traffic import tcp_request, udp_exchange
-from tests.reliability.vm.conftest import JOOL_INSTANCE, driver_pool, jool_stats, record
 from tests.vm.dataplane_fixtures import NSP, WKP, Node, RunningDriver, desired_from, nat64, node_stream
+from tests.vm.reliability.conftest import JOOL_INSTANCE, driver_pool, jool_stats, record
+
+pytestmark = pytest.mark.reliability
 
 DOC = "198.51.100.10"
 GLOBAL = "192.0.0.10"

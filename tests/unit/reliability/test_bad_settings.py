@@ -26,14 +26,16 @@ from prometheus_client import generate_latest
 
 from felix_nat64.dataplane.loop import DataplaneLoop
 from felix_nat64.dataplane.managers import FelixView
-from felix_nat64.drivers.api import ApplyOutcome
 from felix_nat64.logs import JsonFormatter, KeyValueFormatter
 from felix_nat64.model.desired import build_desired
 from felix_nat64.model.settings import SPECS, Settings, resolve_settings
 from felix_nat64.model.state import DesiredState, Inputs, Pool
 from felix_nat64.observe.metrics import ApplyTimes, NAT64Collector, registry_for
 from felix_nat64.observe.status import StatusBoard
+from felix_nat64.testing.fakes import RecordingDataplane
 from felix_nat64.wire import messages as m
+
+pytestmark = pytest.mark.reliability
 
 N4 = ipaddress.IPv4Network
 N6 = ipaddress.IPv6Network
@@ -269,20 +271,6 @@ def _with_good(key: str, value: str) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------
 # The driver around the settings: loop, recording dataplane, status, metrics, logs.
-
-
-class RecordingDataplane:
-    def __init__(self) -> None:
-        self.applied: list[DesiredState] = []
-        self.adopt_calls = 0
-
-    def adopt(self) -> Mapping[N6, N4]:
-        self.adopt_calls += 1
-        return {}
-
-    def apply(self, desired: DesiredState) -> ApplyOutcome:
-        self.applied.append(desired)
-        return ApplyOutcome(changes=1)
 
 
 class Driver:

@@ -29,17 +29,19 @@ from hypothesis import strategies as st
 
 from felix_nat64.dataplane.loop import DataplaneLoop, LoopOptions, StreamEnd
 from felix_nat64.dataplane.managers import FelixView
-from felix_nat64.drivers.api import ApplyOutcome
 from felix_nat64.model.desired import CapacityError, build_desired
 from felix_nat64.model.settings import Settings, resolve_settings
 from felix_nat64.model.state import DesiredState, Host, Inputs, Pool
 from felix_nat64.model.workloads import Workload
-from felix_nat64.observe.status import StatusBoard, StreamCounters
+from felix_nat64.observe.status import StatusBoard
 from felix_nat64.testing import protowire as pw
+from felix_nat64.testing.fakes import RecordingDataplane
 from felix_nat64.wire import felixbackend_pb2 as pb
 from felix_nat64.wire import messages as m
 from felix_nat64.wire.framing import MAX_FRAME_BYTES, FrameDecoder, FramingError, encode_frame
-from felix_nat64.wire.transport import StreamReader, pump
+from felix_nat64.wire.transport import StreamCounters, StreamReader, pump
+
+pytestmark = pytest.mark.reliability
 
 N4 = ipaddress.IPv4Network
 N6 = ipaddress.IPv6Network
@@ -59,32 +61,6 @@ NO_WAIT = LoopOptions(coalesce_seconds=0.0, max_coalesce_seconds=0.0)
 
 # ---------------------------------------------------------------------------
 # The recording dataplane and the independent model.
-
-
-class RecordingDataplane:
-    """Stands in for the kernel: records every apply."""
-
-    def __init__(self) -> None:
-        self.applied: list[DesiredState] = []
-        self.adopt_calls = 0
-        self.applied_event = threading.Event()
-        self.after_end: list[DesiredState] = []
-        self.end_taken = threading.Event()
-        # How many events the loop had taken when each apply happened (set by WatchedQueue).
-        self.progress: Any = lambda: 0
-        self.positions: list[int] = []
-
-    def adopt(self) -> Mapping[N6, N4]:
-        self.adopt_calls += 1
-        return {}
-
-    def apply(self, desired: DesiredState) -> ApplyOutcome:
-        if self.end_taken.is_set():
-            self.after_end.append(desired)
-        self.positions.append(self.progress())
-        self.applied.append(desired)
-        self.applied_event.set()
-        return ApplyOutcome(changes=1)
 
 
 @dataclass
@@ -677,14 +653,22 @@ def test_random_protobuf_in_any_payload_is_handled_or_ignored(body: bytes, tally
 
 
 class WatchedQueue(queue.Queue[Any]):
-    """Counts StreamEnds put and events taken, and tells the dataplane when the loop took the end."""
+    """Counts StreamEnds put and events taken; notes, for every apply, how many
+    events the loop had taken, and which applies came after it took the end."""
 
     def __init__(self, dataplane: RecordingDataplane) -> None:
         super().__init__()
         self.ends_put = 0
         self.taken = 0
-        self._dataplane = dataplane
-        dataplane.progress = lambda: self.taken
+        self.end_taken = threading.Event()
+        self.positions: list[int] = []
+        self.after_end: list[DesiredState] = []
+        dataplane.on_apply.append(self._applying)
+
+    def _applying(self, desired: DesiredState) -> None:
+        self.positions.append(self.taken)
+        if self.end_taken.is_set():
+            self.after_end.append(desired)
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         if isinstance(item, StreamEnd):
@@ -694,7 +678,7 @@ class WatchedQueue(queue.Queue[Any]):
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         item = super().get(block, timeout)
         if isinstance(item, StreamEnd):
-            self._dataplane.end_taken.set()
+            self.end_taken.set()
         else:
             self.taken += 1
         return item
@@ -762,11 +746,11 @@ def test_malformed_framing_ends_the_session_once_and_nothing_is_applied_after(
         assert word in end.error and f"stream offset {offset}" in end.error, end.error
         assert events.ends_put == 1 and events.empty()
         assert events.taken == len(expected_events)
-        assert dataplane.after_end == [], "the dataplane was changed after the framing error"
+        assert events.after_end == [], "the dataplane was changed after the framing error"
         prefix_model = Model()
         folded = 0
         previous: Mapping[N6, N4] = {}
-        for desired, position in zip(dataplane.applied, dataplane.positions, strict=True):
+        for desired, position in zip(dataplane.applied, events.positions, strict=True):
             while folded < position:
                 prefix_model.fold(expected_events[folded])
                 folded += 1

@@ -50,13 +50,6 @@ def tally() -> Counter[str]:
     return TALLY
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "found_bug: shows a known defect in the code under test; fails until the code is fixed",
-    )
-
-
 FIGURES = ("inputs", "crashes", "wrong_changes", "applies_checked")
 
 

@@ -10,25 +10,24 @@ from __future__ import annotations
 import ipaddress
 import queue
 import tracemalloc
-from collections.abc import Mapping
 from types import MappingProxyType
 
 import pytest
 
 from felix_nat64.dataplane.loop import DataplaneLoop
 from felix_nat64.dataplane.managers import FelixView
-from felix_nat64.drivers.api import ApplyOutcome
 from felix_nat64.drivers.nft.ruleset import render
 from felix_nat64.model.desired import build_desired
 from felix_nat64.model.settings import resolve_settings
-from felix_nat64.model.state import DesiredState, Inputs
-from felix_nat64.observe.status import StatusBoard, StreamCounters
+from felix_nat64.model.state import Inputs
+from felix_nat64.observe.status import StatusBoard
+from felix_nat64.testing.fakes import RecordingDataplane
 from felix_nat64.wire import felixbackend_pb2 as pb
 from felix_nat64.wire import messages as m
 from felix_nat64.wire.framing import encode_frame
-from felix_nat64.wire.transport import pump
+from felix_nat64.wire.transport import StreamCounters, pump
 
-pytestmark = pytest.mark.found_bug
+pytestmark = [pytest.mark.reliability, pytest.mark.found_bug]
 
 N4 = ipaddress.IPv4Network
 N6 = ipaddress.IPv6Network
@@ -39,18 +38,6 @@ TIMEOUT_KEYS = ("NAT64TCPEstablishedTimeout", "NAT64TCPTransitoryTimeout", "NAT6
 
 def _config(**values: str) -> m.ConfigUpdate:
     return m.ConfigUpdate(MappingProxyType(values))
-
-
-class _Dataplane:
-    def __init__(self) -> None:
-        self.applied: list[DesiredState] = []
-
-    def adopt(self) -> Mapping[N6, N4]:
-        return {}
-
-    def apply(self, desired: DesiredState) -> ApplyOutcome:
-        self.applied.append(desired)
-        return ApplyOutcome(changes=1)
 
 
 # -- 1. An over-long duration crashes settings validation and the driver loop -------------------
@@ -71,7 +58,7 @@ def test_overlong_duration_is_rejected_not_raised(key: str) -> None:
 
 
 def test_overlong_duration_does_not_stop_the_driver_loop() -> None:
-    dataplane = _Dataplane()
+    dataplane = RecordingDataplane()
     status = StatusBoard()
     loop = DataplaneLoop(queue.Queue(), dataplane, status, view=FelixView(default_hostname=HOSTNAME))
     loop.handle(_config(NAT64Prefixes="64:ff9b::/96"))
