@@ -35,6 +35,7 @@ from typing import Any
 
 from benchmarks import report
 from benchmarks.prepare import LOADGEN, SNAPSHOT
+from felix_nat64.dataplane.fold import desired_from
 from felix_nat64.testing.streams import StreamBuilder
 from testbed import topology as topo_mod
 from testbed.netns_exec import (
@@ -44,7 +45,7 @@ from testbed.netns_exec import (
     write_sysctls,
 )
 from testbed.vm import in_vm
-from tests.vm.dataplane_fixtures import NSP, WKP, RunningDriver, desired_from, nat64, start_driver
+from tests.vm.dataplane_fixtures import NSP, WKP, RunningDriver, nat64, start_driver
 
 SERVER_V4 = "198.51.100.10"
 SERVER_V6 = str(topo_mod.SERVER_IPV6)

@@ -22,10 +22,9 @@ import tempfile
 import time
 from typing import Any
 
-from felix_nat64.dataplane.managers import FelixView
-from felix_nat64.model.desired import build_desired
+from felix_nat64.dataplane.fold import fold_stream
 from felix_nat64.testing.streams import StreamBuilder
-from felix_nat64.wire.transport import StreamCounters, fd_chunks, pump
+from felix_nat64.wire.transport import fd_chunks
 
 MESSAGES = 100_000
 
@@ -68,17 +67,15 @@ def peak_rss_mb() -> float:
 def child(path: str) -> dict[str, Any]:
     """Runs in a fresh interpreter: read, decode, fold, calculate."""
     rss_before = peak_rss_mb()
-    view = FelixView("node-0")
-    counters = StreamCounters()
     fd = os.open(path, os.O_RDONLY)
     start = time.perf_counter()
-    error = pump(fd_chunks(fd), view.on_message, counters)  # type: ignore[arg-type]
+    stream = fold_stream(fd_chunks(fd), "node-0")
     folded = time.perf_counter()
-    inputs = view.inputs({})
-    assert inputs is not None and not error
-    desired = build_desired(inputs)
+    desired, why = stream.desired()
     done = time.perf_counter()
     os.close(fd)
+    assert desired is not None and not stream.framing_error and not stream.undecodable, why
+    counters = stream.counters
     return {
         "messages": counters.frames,
         "bytes": counters.bytes,

@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from felix_nat64 import logs
 from felix_nat64.cli import exitcodes
 from felix_nat64.cli.errors import CliError
+from felix_nat64.dataplane.fold import fold_stream
 from felix_nat64.dataplane.managers import FelixView
 from felix_nat64.drivers.plan import program
-from felix_nat64.model.desired import CapacityError, build_desired, unsupported_dataplane
 from felix_nat64.model.jsonview import to_jsonable
-from felix_nat64.wire import messages as m
-from felix_nat64.wire.transport import StreamCounters, pump
 
 
 def add_parser(sub: Any) -> None:
@@ -35,7 +34,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _read_chunks(handle: BinaryIO) -> Any:
+def _read_chunks(handle: BinaryIO) -> Iterator[bytes]:
     while True:
         chunk = handle.read(1 << 20)
         if not chunk:
@@ -45,30 +44,16 @@ def _read_chunks(handle: BinaryIO) -> Any:
 
 def render_stream(handle: BinaryIO, hostname: str | None = None) -> tuple[dict[str, Any], bool]:
     """Folds a stream as the driver would; returns the report and whether input was valid."""
-    events: list[Any] = []
-    counters = StreamCounters()
-    framing_error = pump(_read_chunks(handle), events.append, counters)
-    view = FelixView(default_hostname=hostname)
-    undecodable: list[str] = []
-    for event in events:
-        if isinstance(event, m.Undecodable):
-            undecodable.append(event.error)
-        else:
-            view.on_message(event)
+    folded = fold_stream(_read_chunks(handle), hostname)
+    view, counters, undecodable, framing_error = (folded.view, folded.counters, folded.undecodable,
+                                                  folded.framing_error)
     result = view.settings.last_result
-    inputs = view.inputs({})
     desired_json: Any = None
     program_json: Any = None
     desired_error = ""
-    refusal = unsupported_dataplane(inputs.settings) if inputs is not None else ""
-    if refusal:
-        desired_error = refusal  # the driver would program nothing
-    elif inputs is not None:
-        try:
-            desired = build_desired(inputs)
-        except CapacityError as exc:
-            desired_error = str(exc)
-        else:
+    if view.settings.in_force is not None:
+        desired, desired_error = folded.desired()
+        if desired is not None:
             desired_json = to_jsonable(desired)
             program_json = program(desired)
     report: dict[str, Any] = {

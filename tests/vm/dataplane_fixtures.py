@@ -19,15 +19,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from felix_nat64.dataplane.managers import FelixView
 from felix_nat64.drivers.discovery import discover
 from felix_nat64.drivers.jool import JoolWorker
 from felix_nat64.drivers.jool.codec import JoolHeader, Reply
-from felix_nat64.model.desired import build_desired
-from felix_nat64.model.state import DesiredState
 from felix_nat64.testing.streams import StreamBuilder
-from felix_nat64.wire.framing import encode_frame, iter_frames
-from felix_nat64.wire.transport import StreamCounters, pump
+from felix_nat64.wire.framing import FrameDecoder, encode_frame
 from testbed import topology as topo_mod
 from testbed.felix import FelixSimulator
 from testbed.traffic import ServerProcess, start_server
@@ -131,19 +127,12 @@ def kernel_leftovers() -> list[str]:
     return discover().objects
 
 
-def desired_from(stream: bytes,
-                 blocks: Mapping[ipaddress.IPv6Network, ipaddress.IPv4Network]) -> DesiredState:
-    """The desired state a driver computes from `stream`."""
-    view = FelixView()
-    pump(iter([stream]), view.on_message, StreamCounters())  # type: ignore[arg-type]
-    inputs = view.inputs(blocks)
-    assert inputs is not None
-    return build_desired(inputs)
-
-
 def stream_frames(data: bytes) -> list[bytes]:
     """The whole frames (header included) of a recorded stream."""
-    return [encode_frame(body) for body in iter_frames([data])]
+    decoder = FrameDecoder()
+    bodies = decoder.feed(data)
+    decoder.finish()
+    return [encode_frame(body) for body in bodies]
 
 
 class CountingTransport:

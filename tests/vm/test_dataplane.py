@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from felix_nat64.dataplane.fold import desired_from
 from felix_nat64.drivers.jool.instances import JoolInstances
 from felix_nat64.drivers.kernel import KernelDataplane
 from felix_nat64.drivers.nft.table import Nft
@@ -22,7 +23,6 @@ from tests.vm.dataplane_fixtures import (
     WKP,
     Node,
     RunningDriver,
-    desired_from,
     kernel_leftovers,
     nat64,
     node_stream,

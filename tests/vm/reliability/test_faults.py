@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
+from felix_nat64.dataplane.fold import desired_from
 from felix_nat64.model.state import DesiredState, Translator
 from felix_nat64.wire.framing import HEADER_LEN
 from testbed.traffic import tcp_request
@@ -31,7 +32,6 @@ from tests.vm.dataplane_fixtures import (
     NSP,
     Node,
     RunningDriver,
-    desired_from,
     kernel_leftovers,
     metric,
     nat64,

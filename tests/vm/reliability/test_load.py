@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from felix_nat64.dataplane.fold import desired_from
 from testbed.netns_exec import socket_in_netns
 from testbed.traffic import (
     BurstResult,
@@ -34,7 +35,6 @@ from tests.vm.dataplane_fixtures import (
     WKP,
     Node,
     RunningDriver,
-    desired_from,
     metric,
     nat64,
     node_stream,

@@ -60,6 +60,7 @@ import nftables
 import pytest
 from pyroute2 import IPRoute
 
+from felix_nat64.dataplane.fold import desired_from
 from felix_nat64.drivers.jool.client import JoolClient
 from felix_nat64.drivers.jool.entries import Taddr4
 from felix_nat64.drivers.nft.table import Nft
@@ -67,7 +68,7 @@ from felix_nat64.model.state import Translator
 from testbed.netns_exec import run_command_in_netns, run_in_netns, socket_in_netns
 from testbed.topology import CALI_MAC, Topology, pod_address
 from testbed.traffic import tcp_request, udp_exchange
-from tests.vm.dataplane_fixtures import NSP, WKP, Node, RunningDriver, desired_from, nat64, node_stream
+from tests.vm.dataplane_fixtures import NSP, WKP, Node, RunningDriver, nat64, node_stream
 from tests.vm.reliability.conftest import JOOL_INSTANCE, driver_pool, jool_stats, record
 
 pytestmark = pytest.mark.reliability
