@@ -30,8 +30,8 @@ from felix_nat64.observe.health import HealthServer, Heartbeat
 from felix_nat64.observe.kernel_stats import Sampler, StatsPoller
 from felix_nat64.observe.metrics import ApplyTimes, NAT64Collector, registry_for
 from felix_nat64.observe.status import StatusBoard, workloads_file, write_json_file, write_status_file
+from felix_nat64.wire.felixfds import FELIX_READ_FD
 from felix_nat64.wire.transport import (
-    FELIX_READ_FD,
     SocketServer,
     StreamReader,
     TransportError,

@@ -8,22 +8,12 @@ import could take those numbers, and the driver would read the wrong thing.
 from __future__ import annotations
 
 import os
-import stat
 import sys
+
+from felix_nat64.wire.felixfds import HOW_TO_RUN, felix_fds_problem
 
 USAGE = 2
 FAILURE = 1
-
-
-def _felix_fds_problem() -> str | None:
-    for fd in (3, 4):
-        try:
-            mode = os.fstat(fd).st_mode
-        except OSError:
-            return f"fd {fd} is not open"
-        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
-            return f"fd {fd} is not a pipe or socket"
-    return None
 
 
 def driver_main() -> None:
@@ -31,12 +21,9 @@ def driver_main() -> None:
         print("felix-nat64-driver takes no arguments (Felix starts it with its stream on fd 3); "
               "see 'felix-nat64 driver --help' for the other ways to run the driver", file=sys.stderr)
         sys.exit(USAGE)
-    problem = _felix_fds_problem()
+    problem = felix_fds_problem()
     if problem:
-        print(f"felix-nat64-driver: {problem}: it is started by Felix as its external dataplane driver "
-              "(FELIX_USEINTERNALDATAPLANEDRIVER=false, FELIX_DATAPLANEDRIVER=felix-nat64-driver); to "
-              "feed it by hand use 'felix-nat64 driver --socket PATH' or 'felix-nat64 driver --input FILE'",
-              file=sys.stderr)
+        print(f"felix-nat64-driver: {problem}: {HOW_TO_RUN}", file=sys.stderr)
         sys.exit(FAILURE)
     from felix_nat64.cli.main import main  # noqa: PLC0415 - only once fd 3/4 are known to be Felix's
 

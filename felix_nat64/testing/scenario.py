@@ -23,11 +23,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
 from felix_nat64.testing.streams import FELIX_VERSIONS, StreamBuilder
 from felix_nat64.wire import felixbackend_pb2 as pb
 from felix_nat64.wire.framing import FrameDecoder, FramingError
-from felix_nat64.wire.messages import USED_PAYLOADS, ScanError, payload_name, scan_payload_field
+from felix_nat64.wire.messages import Undecodable, decode_frame, payload_name
 
 _TOP_KEYS = {"felix_version", "config", "resolved_config", "pools", "hosts", "skipped", "in_sync",
              "after_sync"}
@@ -136,23 +137,31 @@ def dump_stream(data: bytes, include_skipped: bool = False) -> Iterator[dict[str
     except FramingError as exc:
         error = str(exc)
     for index, body in enumerate(frames):
-        try:
-            number = scan_payload_field(body)
-        except ScanError as exc:
-            yield {"frame": index, "error": f"malformed protobuf: {exc}"}
-            continue
-        if number not in USED_PAYLOADS:
+        number, decoded = decode_frame(body)
+        if decoded is None:
             if include_skipped:
                 yield {"frame": index, "payload": payload_name(number), "skipped": True,
                        "bytes": len(body)}
             continue
-        msg = pb.ToDataplane()
-        try:
-            msg.ParseFromString(body)
-        except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass
-            yield {"frame": index, "payload": payload_name(number), "error": str(exc)}
+        if isinstance(decoded, Undecodable) and decoded.field_number is None:
+            yield {"frame": index, "error": decoded.error}
             continue
-        yield {"frame": index, "payload": payload_name(number),
-               "message": json_format.MessageToDict(msg, preserving_proto_field_name=True)}
+        # Shown as Felix sent it, field by field, with why felix-nat64 cannot use it if so.
+        entry: dict[str, Any] = {"frame": index, "payload": payload_name(number)}
+        msg = _parsed(body)
+        if msg is not None:
+            entry["message"] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+        if isinstance(decoded, Undecodable):
+            entry["error"] = decoded.error
+        yield entry
     if error:
         yield {"error": error}
+
+
+def _parsed(body: bytes) -> pb.ToDataplane | None:
+    msg = pb.ToDataplane()
+    try:
+        msg.ParseFromString(body)
+    except DecodeError:
+        return None
+    return msg

@@ -7,7 +7,6 @@ Felix writes `ToDataplane` messages this way on the driver's fd 3 and reads
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
 
 HEADER = struct.Struct("<Q")
 HEADER_LEN = HEADER.size
@@ -91,12 +90,3 @@ def encode_frame(body: bytes) -> bytes:
     """Prefixes one serialized protobuf with its length."""
     return HEADER.pack(len(body)) + body
 
-
-def iter_frames(chunks: Iterable[bytes], max_frame_bytes: int = MAX_FRAME_BYTES) -> Iterator[bytes]:
-    """Yields frame bodies from an iterable of byte chunks."""
-    decoder = FrameDecoder(max_frame_bytes)
-    for chunk in chunks:
-        yield from decoder.feed(chunk)
-        if decoder.error is not None:
-            raise decoder.error
-    decoder.finish()

@@ -279,15 +279,19 @@ FelixMessage = InSync | ConfigUpdate | HostUpdate | HostRemove | PoolUpdate | Po
 Decoded = FelixMessage | Undecodable | None
 
 
-def decode_frame(body: bytes) -> Decoded:
-    """Decodes one frame body; None for payloads felix-nat64 does not use."""
+def decode_frame(body: bytes) -> tuple[int | None, Decoded]:
+    """Scans one frame body, skips a payload felix-nat64 does not use and
+    decodes the others: the payload's field number, and the typed message,
+    an Undecodable (a malformed frame, or a used payload that does not
+    parse), or None for a skipped payload. The reader and `stream dump` both
+    read frames through here."""
     try:
         number = scan_payload_field(body)
     except ScanError as exc:
-        return Undecodable(None, False, f"malformed protobuf: {exc}")
+        return None, Undecodable(None, False, f"malformed protobuf: {exc}")
     if number not in USED_PAYLOADS:
-        return None
-    return decode_used(body, number)
+        return number, None
+    return number, decode_used(body, number)
 
 
 def decode_used(body: bytes, number: int) -> FelixMessage | Undecodable:

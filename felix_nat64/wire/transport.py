@@ -20,18 +20,10 @@ from types import MappingProxyType
 from typing import Any
 
 from felix_nat64.logs import EventLogger
+from felix_nat64.wire.felixfds import HOW_TO_RUN, felix_fds_problem
 from felix_nat64.wire.framing import MAX_FRAME_BYTES, FrameDecoder, FramingError
-from felix_nat64.wire.messages import (
-    USED_PAYLOADS,
-    ScanError,
-    Undecodable,
-    decode_used,
-    payload_name,
-    scan_payload_field,
-)
+from felix_nat64.wire.messages import Undecodable, decode_frame, payload_name
 
-FELIX_READ_FD = 3
-FELIX_WRITE_FD = 4
 READ_CHUNK = 1 << 20
 
 
@@ -74,18 +66,9 @@ class TransportError(Exception):
 
 def check_felix_fds() -> None:
     """Fails clearly when fd 3/4 are not the pipes Felix provides."""
-    for fd, role in ((FELIX_READ_FD, "read"), (FELIX_WRITE_FD, "write")):
-        try:
-            mode = os.fstat(fd).st_mode
-        except OSError:
-            raise TransportError(
-                f"fd {fd} is not open: felix-nat64-driver is started by Felix as its external "
-                "dataplane driver (FELIX_USEINTERNALDATAPLANEDRIVER=false, "
-                "FELIX_DATAPLANEDRIVER=felix-nat64-driver); to feed it by hand use "
-                "'felix-nat64 driver --socket PATH' or 'felix-nat64 driver --input FILE'"
-            ) from None
-        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISREG(mode)):
-            raise TransportError(f"fd {fd} ({role} side of Felix's pipe) is not a pipe or socket")
+    problem = felix_fds_problem()
+    if problem:
+        raise TransportError(f"{problem}: {HOW_TO_RUN}")
 
 
 def fd_chunks(fd: int) -> Iterator[bytes]:
@@ -130,20 +113,18 @@ def pump(chunks: Iterator[bytes], emit: Callable[[Any], None], counters: StreamC
             counters.bytes += len(chunk)
             for body in decoder.feed(chunk):
                 counters.frames += 1
-                try:
-                    number = scan_payload_field(body)
-                except ScanError as exc:
-                    counters.undecodable_other += 1
-                    log.warning("undecodable Felix message skipped", error=f"malformed protobuf: {exc}",
-                                frame=counters.frames)
-                    continue
-                if number not in USED_PAYLOADS:
+                number, decoded = decode_frame(body)
+                if decoded is None:
                     name = names.get(number)
                     if name is None:
                         name = names[number] = payload_name(number)
                     by_payload[name] += 1
                     continue
-                decoded = decode_used(body, number)
+                if isinstance(decoded, Undecodable) and decoded.field_number is None:
+                    counters.undecodable_other += 1  # not even a protobuf message: dropped
+                    log.warning("undecodable Felix message skipped", error=decoded.error,
+                                frame=counters.frames)
+                    continue
                 if isinstance(decoded, Undecodable) and decoded.used:
                     counters.undecodable_used += 1
                     counters.last_undecodable = decoded.error

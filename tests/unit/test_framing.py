@@ -2,7 +2,7 @@ import struct
 
 import pytest
 
-from felix_nat64.wire.framing import MAX_FRAME_BYTES, FrameDecoder, FramingError, encode_frame, iter_frames
+from felix_nat64.wire.framing import MAX_FRAME_BYTES, FrameDecoder, FramingError, encode_frame
 
 
 def frames_of(*bodies: bytes) -> bytes:
@@ -67,16 +67,22 @@ def test_cap_is_configurable_and_inclusive() -> None:
 
 def test_truncated_frame_at_end_of_stream() -> None:
     data = frames_of(b"complete") + encode_frame(b"truncated")[:-3]
+    decoder = FrameDecoder()
+    assert decoder.feed(data) == [b"complete"]
     with pytest.raises(FramingError, match="stream ended inside a frame"):
-        list(iter_frames([data]))
+        decoder.finish()
 
 
 def test_garbage_bytes_are_a_framing_error() -> None:
     garbage = b"\xff" * 16  # reads as a length of 2**64 - 1
+    decoder = FrameDecoder()
+    assert decoder.feed(garbage) == []
     with pytest.raises(FramingError, match="exceeds"):
-        list(iter_frames([garbage]))
+        decoder.finish()
 
 
-def test_iter_frames_across_chunks() -> None:
+def test_frames_across_chunks() -> None:
     data = frames_of(b"one", b"two")
-    assert list(iter_frames([data[:5], data[5:11], data[11:]])) == [b"one", b"two"]
+    decoder = FrameDecoder()
+    assert [f for chunk in (data[:5], data[5:11], data[11:]) for f in decoder.feed(chunk)] == [b"one", b"two"]
+    decoder.finish()

@@ -10,13 +10,20 @@ from felix_nat64.wire.framing import FrameDecoder
 
 
 def decode_all(builder: StreamBuilder) -> list[m.Decoded]:
-    return [m.decode_frame(body) for body in FrameDecoder().feed(builder.data())]
+    return [decode(body) for body in FrameDecoder().feed(builder.data())]
+
+
+def decode(body: bytes) -> m.Decoded:
+    number, decoded = m.decode_frame(body)
+    if isinstance(decoded, m.Undecodable):
+        assert number == decoded.field_number
+    return decoded
 
 
 @pytest.mark.parametrize("field", [2, 3, 4, 5, 7, 8, 9, 10, 19, 23, 25, 30, 31, 33, 34, 39, 99, 5000])
 def test_unknown_and_skipped_payloads_are_not_parsed(field: int) -> None:
     body = b"\x0a\x03abc" * 10
-    assert m.decode_frame(pw.uint(15, 7) + pw.length_delimited(field, body)) is None
+    assert m.decode_frame(pw.uint(15, 7) + pw.length_delimited(field, body)) == (field, None)
 
 
 def test_scan_finds_payload_before_or_after_sequence_number() -> None:
@@ -34,7 +41,7 @@ def test_scan_prefers_a_used_payload_over_an_unknown_length_delimited_field() ->
 @pytest.mark.parametrize("body", [
     b"\x0a", b"\x0a\x05ab", b"\xff", b"\x07", b"\x82" + b"\x80" * 10 + b"\x01", b"\x00\x01"])
 def test_malformed_protobuf_is_undecodable_not_fatal(body: bytes) -> None:
-    result = m.decode_frame(body)
+    result = decode(body)
     assert isinstance(result, m.Undecodable)
     assert not result.used
 
@@ -42,7 +49,7 @@ def test_malformed_protobuf_is_undecodable_not_fatal(body: bytes) -> None:
 def test_used_payload_that_fails_to_parse_is_reported_as_used() -> None:
     # field 16 (IPAMPoolUpdate) whose body has a bogus nested length
     body = pw.length_delimited(16, b"\x12\x50zz")
-    result = m.decode_frame(body)
+    result = decode(body)
     assert isinstance(result, m.Undecodable)
     assert result.used and result.field_number == 16
     assert "ipam_pool_update" in result.error
@@ -52,7 +59,7 @@ def test_invalid_pool_cidr_is_reported() -> None:
     msg = pb.ToDataplane()
     msg.ipam_pool_update.id = "x"
     msg.ipam_pool_update.pool.cidr = "not-a-cidr"
-    result = m.decode_frame(msg.SerializeToString())
+    result = decode(msg.SerializeToString())
     assert isinstance(result, m.Undecodable) and result.used
     assert "not-a-cidr" in result.error
 
@@ -65,7 +72,7 @@ def test_unknown_fields_inside_used_messages_are_ignored() -> None:
     # append an unknown field 9 inside the IPAMPool (and a top-level one)
     inner = pw.string(1, "fd00::-64") + pw.message(2, pw.string(1, "fd00::/64"), pw.string(9, "new"))
     body = pw.length_delimited(16, inner) + pw.string(77, "future")
-    result = m.decode_frame(body)
+    result = decode(body)
     assert isinstance(result, m.PoolUpdate)
     assert result.cidr == ipaddress.IPv6Network("fd00::/64")
 
@@ -138,7 +145,7 @@ class TestHostMetadataVariants:
         msg = pb.ToDataplane()
         msg.host_metadata_update.hostname = "n1"
         msg.host_metadata_update.ipv4_addr = "2001:db8::1"
-        result = m.decode_frame(msg.SerializeToString())
+        result = decode(msg.SerializeToString())
         assert isinstance(result, m.Undecodable) and "is not IPv4" in result.error
 
 
@@ -163,7 +170,7 @@ def test_workload_endpoints_decode_to_their_ids_and_ipv6_nets() -> None:
 
 def test_a_broken_workload_endpoint_does_not_count_as_a_needed_payload() -> None:
     # Endpoints only name pods: losing one leaves NAT64 itself intact.
-    result = m.decode_frame(pw.uint(15, 7) + pw.length_delimited(11, b"\x0a\x05ab"))
+    result = decode(pw.uint(15, 7) + pw.length_delimited(11, b"\x0a\x05ab"))
     assert isinstance(result, m.Undecodable) and result.field_number == 11 and not result.used
-    broken_pool = m.decode_frame(pw.uint(15, 7) + pw.length_delimited(16, b"\x0a\x05ab"))
+    broken_pool = decode(pw.uint(15, 7) + pw.length_delimited(16, b"\x0a\x05ab"))
     assert isinstance(broken_pool, m.Undecodable) and broken_pool.used

@@ -103,6 +103,25 @@ def test_felix_entry_point_without_fds_says_how_to_run_it() -> None:
     assert "fd 3 is not open" in done.stderr and "felix-nat64 driver --socket" in done.stderr
 
 
+def test_felix_entry_point_refuses_a_regular_file_on_fd_3(tmp_path: Path) -> None:
+    """Felix passes pipes (a relay may pass sockets): a file on fd 3 means it was not Felix."""
+    recorded = tmp_path / "recorded.stream"
+    recorded.write_bytes(stream("64:ff9b::/96"))
+    out = tmp_path / "out"
+    back_r, back_w = os.pipe()
+    command = driver_command()
+    with open(recorded, "rb") as data, open(out, "wb") as log:
+        pid = os.posix_spawn(command[0], command, dict(os.environ), file_actions=[
+            (os.POSIX_SPAWN_DUP2, data.fileno(), 3), (os.POSIX_SPAWN_DUP2, back_w, 4),
+            (os.POSIX_SPAWN_DUP2, log.fileno(), 2)])
+    os.close(back_w)
+    _, status = os.waitpid(pid, 0)
+    os.close(back_r)
+    assert os.waitstatus_to_exitcode(status) == 1
+    text = out.read_text()
+    assert "fd 3 is not a pipe or socket" in text and "felix-nat64 driver --input FILE" in text
+
+
 def test_felix_entry_point_takes_no_arguments() -> None:
     done = subprocess.run([*driver_command(), "--socket", "/tmp/x"], capture_output=True, text=True,
                           check=False, timeout=60)
