@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
+
+from felix_nat64.model.ownership import BLOCK_PREFIXLEN
 
 IPv4Net = ipaddress.IPv4Network
 IPv6Net = ipaddress.IPv6Network
@@ -30,11 +33,6 @@ def embed_address(parent: IPv6Net, addr: ipaddress.IPv4Address) -> ipaddress.IPv
     return ipaddress.IPv6Address(int(parent.network_address) | int(addr))
 
 
-def extract(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address:
-    """The IPv4 address in the low 32 bits of an IPv6 address (/96 format)."""
-    return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-
-
 def intersect4(a: IPv4Net, b: IPv4Net) -> IPv4Net | None:
     """The overlap of two CIDRs (one contains the other, or they are disjoint)."""
     if a.subnet_of(b):
@@ -42,3 +40,14 @@ def intersect4(a: IPv4Net, b: IPv4Net) -> IPv4Net | None:
     if b.subnet_of(a):
         return b
     return None
+
+
+def pool4_shortfall(prefixes: Iterable[IPv6Net], pool4_cidr: IPv4Net) -> str | None:
+    """Why NAT64Pool4CIDR cannot give each translator (one per /96 parent of
+    `prefixes`) a block of its own, or None when it can."""
+    needed = len({parent96(p) for p in prefixes})
+    blocks = 2 ** (BLOCK_PREFIXLEN - pool4_cidr.prefixlen) if pool4_cidr.prefixlen <= BLOCK_PREFIXLEN else 0
+    if needed <= blocks:
+        return None
+    return (f"{pool4_cidr} holds {blocks} /{BLOCK_PREFIXLEN} blocks but the prefixes need {needed} "
+            "translators (one per /96); use a larger range")

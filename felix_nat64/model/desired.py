@@ -87,6 +87,9 @@ def allocate_blocks(parents: Iterable[IPv6Net], pool4_cidr: IPv4Net,
     adding or removing another prefix never moves a live translator.
     """
     wanted = list(parents)
+    shortfall = addressing.pool4_shortfall(wanted, pool4_cidr)
+    if shortfall:
+        raise CapacityError(f"NAT64Pool4CIDR {shortfall}")
     result: dict[IPv6Net, IPv4Net] = {}
     used: set[IPv4Net] = set()
     for parent in wanted:
@@ -100,14 +103,7 @@ def allocate_blocks(parents: Iterable[IPv6Net], pool4_cidr: IPv4Net,
     for parent in wanted:
         if parent in result:
             continue
-        block = next(free, None)
-        if block is None:
-            raise CapacityError(
-                f"NAT64Pool4CIDR {pool4_cidr} has {2 ** (BLOCK_PREFIXLEN - pool4_cidr.prefixlen)} /28 "
-                f"blocks but {len(wanted)} translators (one per /96 parent) need one each; use a "
-                "larger range"
-            )
-        result[parent] = block
+        result[parent] = next(free)  # there are enough: checked above
     return result
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from felix_nat64.model import addressing
 from felix_nat64.model import ownership as own
 from felix_nat64.model import values as v
 
@@ -537,11 +538,9 @@ def _cross_check(s: Settings, origins: Mapping[str, SettingOrigin]) -> list[Sett
 
     if s.snat_address is not None and s.snat_address in s.pool4_cidr:
         err("NAT64SNATAddress", f"{s.snat_address} is inside NAT64Pool4CIDR {s.pool4_cidr}")
-    parents = {p.supernet(new_prefix=96) if p.prefixlen > 96 else p for p in s.prefixes}
-    blocks = 2 ** (28 - s.pool4_cidr.prefixlen)
-    if len(parents) > blocks:
-        err("NAT64Pool4CIDR", f"{s.pool4_cidr} holds {blocks} /28 blocks but the prefixes need "
-                              f"{len(parents)} translators (one per /96); use a larger range")
+    shortfall = addressing.pool4_shortfall(s.prefixes, s.pool4_cidr)
+    if shortfall:
+        err("NAT64Pool4CIDR", shortfall)
     for prefix in s.prefixes:
         for cidr in s.source_cidrs or ():
             if prefix.overlaps(cidr):
