@@ -14,6 +14,7 @@ from typing import Any
 from felix_nat64.drivers.nft import ruleset
 from felix_nat64.model.jsonview import to_jsonable
 from felix_nat64.model.ownership import JOOL_INSTANCE, NODE_LINK_LL, NS_LINK_LL
+from felix_nat64.model.protocol import PROTOCOLS, Protocol
 from felix_nat64.model.state import DesiredState, Translator
 
 DEFAULT_MTU = 1500
@@ -24,7 +25,7 @@ POOL4_ICMP_IDS = (0, 65535)
 class Pool4Entry:
     """One Jool pool4 entry."""
 
-    proto: str  # "tcp" | "udp" | "icmp"
+    proto: Protocol
     prefix: ipaddress.IPv4Network
     port_min: int
     port_max: int
@@ -59,8 +60,8 @@ def jool_config(t: Translator, desired: DesiredState, mtu: int) -> JoolConfig:
     """The Jool instance serving translator `t`."""
     ports = (desired.pool4_ports.first, desired.pool4_ports.last)
     pool4 = tuple(
-        Pool4Entry(proto, t.pool4, *(POOL4_ICMP_IDS if proto == "icmp" else ports))
-        for proto in ("tcp", "udp", "icmp")
+        Pool4Entry(proto, t.pool4, *(POOL4_ICMP_IDS if proto is Protocol.ICMP else ports))
+        for proto in PROTOCOLS
     )
     to = desired.timeouts
     return JoolConfig(

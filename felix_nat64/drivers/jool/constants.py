@@ -232,7 +232,6 @@ class SessionTimer(IntEnum):
     SYN4 = 2
 
 
-PROTO_NAMES: dict[str, L4Proto] = {"tcp": L4Proto.TCP, "udp": L4Proto.UDP, "icmp": L4Proto.ICMP}
 FRAMEWORK_NAMES: dict[str, Framework] = {"netfilter": Framework.NETFILTER, "iptables": Framework.IPTABLES}
 
 # enum jool_stat_id, ids 1..68: identical from 4.1.9 to 4.1.15.

@@ -16,8 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from felix_nat64.drivers.plan import Pool4Entry
+from felix_nat64.model.protocol import Protocol
 
-Key = tuple[str, ipaddress.IPv4Network, int]  # protocol, one address, mark
+Key = tuple[Protocol, ipaddress.IPv4Network, int]  # protocol, one address, mark
 Span = tuple[int, int]  # first and last port, inclusive
 
 
