@@ -72,9 +72,9 @@ class EventLogger:
         bound._context = {**self._context, **context}
         return bound
 
-    def _log(self, level: int, event: str, fields: dict[str, Any], exc_info: bool = False) -> None:
+    def _log(self, level: int, event: str, fields: dict[str, Any]) -> None:
         if self._logger.isEnabledFor(level):
-            self._logger.log(level, event, extra={"kv": {**self._context, **fields}}, exc_info=exc_info)
+            self._logger.log(level, event, extra={"kv": {**self._context, **fields}})
 
     def debug(self, event: str, **fields: Any) -> None:
         self._log(logging.DEBUG, event, fields)
@@ -87,10 +87,6 @@ class EventLogger:
 
     def error(self, event: str, **fields: Any) -> None:
         self._log(logging.ERROR, event, fields)
-
-    def exception(self, event: str, **fields: Any) -> None:
-        """An unexpected failure: the only kind of line that carries a traceback."""
-        self._log(logging.ERROR, event, fields, exc_info=True)
 
     def enabled(self, level: int) -> bool:
         return self._logger.isEnabledFor(level)

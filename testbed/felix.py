@@ -40,7 +40,6 @@ class FelixSimulator:
         self.pid: int | None = None
         self._to_driver: int | None = None
         self._from_driver: int | None = None
-        self._log_fd: int | None = None
         self._output: list[bytes] = []
         self._reader: threading.Thread | None = None
         self.returncode: int | None = None

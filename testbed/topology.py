@@ -47,7 +47,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, IPv6Network
@@ -64,7 +64,6 @@ from testbed.netns_exec import (
     netns_path,
     pids_in_netns,
     read_sysctls,
-    run_in_netns,
     socket_in_netns,
     write_sysctls,
 )
@@ -749,11 +748,6 @@ def describe(topo: Topology) -> dict[str, Any]:
         "inet4_servers": [str(a) for a in topo.inet4_server_addresses],
         "far_servers": [str(a) for a in topo.far_server_addresses],
     }
-
-
-def run_in_node(topo: Topology, fn: Callable[[], T], *, timeout: float = 60.0) -> T:
-    """Run ``fn()`` inside the node's namespace (in the calling thread if it is the current one)."""
-    return run_in_netns(topo.node_netns, fn, timeout=timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

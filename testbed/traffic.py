@@ -233,13 +233,6 @@ def start_tcp_server(
     return start_server(netns, addresses, tcp_port=port, udp_port=None, response_bytes=response_bytes)
 
 
-def start_udp_echo_server(
-    netns: str | None, addresses: Iterable[IPAddress | str], port: int = DEFAULT_UDP_PORT
-) -> ServerProcess:
-    """A UDP echo server only; see ``start_server``."""
-    return start_server(netns, addresses, tcp_port=None, udp_port=port)
-
-
 # --- the server process itself --------------------------------------------------
 
 

@@ -31,10 +31,6 @@ def uint(field: int, value: int) -> bytes:
     return key(field, 0) + varint(value) if value else b""
 
 
-def boolean(field: int, value: bool) -> bytes:
-    return uint(field, 1 if value else 0)
-
-
 def length_delimited(field: int, payload: bytes) -> bytes:
     return key(field, 2) + varint(len(payload)) + payload
 
@@ -49,7 +45,3 @@ def strings(field: int, values: Iterable[str]) -> bytes:
 
 def message(field: int, *parts: bytes) -> bytes:
     return length_delimited(field, b"".join(parts))
-
-
-def string_map(field: int, mapping: dict[str, str]) -> bytes:
-    return b"".join(message(field, string(1, k), string(2, v)) for k, v in mapping.items())

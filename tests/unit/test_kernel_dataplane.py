@@ -22,6 +22,7 @@ from felix_nat64.drivers.nft.ruleset import Ruleset
 from felix_nat64.drivers.plan import JoolConfig, Route
 from felix_nat64.drivers.routing import RuleSpec
 from felix_nat64.model.desired import build_desired
+from felix_nat64.model.ownership import tid_of_namespace
 from felix_nat64.model.settings import Settings
 from felix_nat64.model.state import DesiredState, Inputs, Pool, Translator
 
@@ -106,11 +107,11 @@ class FakeJool:
         self.node = node
 
     def ensure(self, namespace: str, config: JoolConfig) -> int:
-        self.node._note("jool.ensure", namespace.removeprefix("felix-nat64-"))
+        self.node._note("jool.ensure", str(tid_of_namespace(namespace)))
         return 1
 
     def remove(self, namespace: str) -> int:
-        self.node._note("jool.remove", namespace.removeprefix("felix-nat64-"))
+        self.node._note("jool.remove", str(tid_of_namespace(namespace)))
         return 1
 
 

@@ -18,8 +18,3 @@ def describe(exc: BaseException) -> str:
         name = errno.errorcode.get(exc.errno, str(exc.errno))
         return f"{name}: {exc.strerror}" + (f" ({exc.filename})" if exc.filename else "")
     return str(exc) or type(exc).__name__
-
-
-def is_code(exc: BaseException, *codes: int) -> bool:
-    code = exc.code if isinstance(exc, NetlinkError) else getattr(exc, "errno", None)
-    return code in codes
