@@ -10,7 +10,7 @@ packages=(
   iptables ipset
   # docs/diagrams: SVGs drawn from Graphviz sources (tests/unit/test_diagrams.py).
   graphviz
-  # promtool checks the chart's alerts and dashboard (tests/unit/test_monitoring.py).
+  # promtool checks the chart's alerts and dashboard (tests/chart/test_monitoring.py).
   prometheus
   # benchmarks/loadgen.c, the benchmarks' load generator.
   gcc libc6-dev

@@ -10,7 +10,7 @@ metric, a label or a counter in the code and these tests fail.
 PromQL is checked by Prometheus' own tool: `promtool check rules` parses the
 rendered PrometheusRule, the dashboard's queries and the docs' ```promql
 blocks; `promtool test rules` runs the alerts' unit tests
-(tests/unit/promtool/alerts.test.yaml) and evaluates every dashboard query on
+(tests/chart/promtool/alerts.test.yaml) and evaluates every dashboard query on
 series shaped like the exporter's output. promtool comes from Debian's
 `prometheus` package (scripts/install-system-deps.sh).
 """
@@ -38,7 +38,7 @@ from felix_nat64.model.protocol import PROTOCOLS, Protocol
 from felix_nat64.observe.census import OTHER, UNKNOWN, Census, TranslatorCensus
 from felix_nat64.observe.kernel_stats import KernelStats, TranslatorStats
 from felix_nat64.observe.metrics import ApplyTimes, NAT64Collector, registry_for
-from tests.unit.test_chart import render
+from tests.chart.test_chart import render
 from tests.unit.test_observe import board_in_sync
 
 REPO = Path(__file__).resolve().parents[2]
