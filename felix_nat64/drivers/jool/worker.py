@@ -37,6 +37,7 @@ class JoolWorker:
     def __init__(self, netns: str | None, timeout: float = CALL_TIMEOUT) -> None:
         self.netns = netns
         self.timeout = timeout
+        self._closed = False
         try:
             self._executor = NamespaceExecutor(netns, timeout=timeout, role="jool")
         except NamespaceUnavailable as exc:
@@ -67,14 +68,13 @@ class JoolWorker:
         return self.call(lambda sock: sock.exchange(cmd, header, attrs, op))
 
     def close(self) -> None:
-        """Stops the thread after the calls already queued; idempotent."""
-        try:
-            self._executor.call(self._sock.close)
-        except (ExecutorClosed, TimeoutError):
-            pass
-        else:
-            _log.debug("jool worker stopped", netns=self.netns or "-")
-        self._executor.close()
+        """Stops the thread after the calls already queued, closing the
+        socket on it; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.close(last=self._sock.close)
+        _log.debug("jool worker stopped", netns=self.netns or "-")
 
     def __enter__(self) -> JoolWorker:
         return self

@@ -144,13 +144,16 @@ class NamespaceExecutor:
         """Whether the namespace thread is still alive."""
         return self._thread.is_alive()
 
-    def close(self) -> None:
-        """Stops the thread once the work already handed over is done;
-        idempotent. After a timed-out call the thread is not waited for."""
+    def close(self, last: Callable[[], object] | None = None) -> None:
+        """Stops the thread once the work already handed over is done, after
+        running `last` on it (to close what was opened there); idempotent.
+        After a timed-out call the thread is not waited for."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            if last is not None:
+                self._jobs.put((last, Future()))
             self._jobs.put(None)
         if threading.current_thread() is not self._thread and not self._stuck:
             self._thread.join()
