@@ -37,8 +37,9 @@ lint: venv
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-# The Helm chart, the static manifest and the image's scripts, rendered and
-# run here (Helm's engine through helm-python-sdk; no root).
+# The Helm chart, the static manifest, the image's scripts and the monitoring
+# rules, rendered and run here (Helm's engine through helm-python-sdk, and
+# promtool; no root).
 chart: venv
 	$(BIN)/pytest -q tests/chart
 
