@@ -201,10 +201,21 @@ def _pod_behind(node: NamespaceExecutor, host_ifname: str, address: str) -> str:
 
     try:
         _wire_pod(node, pod, peer, wire, address)
+        node.call(_wait_until_up, host_ifname)
     except BaseException:
         pr_netns.remove(pod)
         raise
     return pod
+
+
+def _wait_until_up(ifname: str) -> None:
+    # A fresh veth pair can take up to a second to report carrier (linkwatch
+    # defers it); packets sent before then are dropped, never steered.
+    deadline = time.monotonic() + 10
+    with IPRoute() as ipr:
+        while ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0].get_attr("IFLA_OPERSTATE") != "UP":
+            assert time.monotonic() < deadline, f"{ifname} never came up"
+            time.sleep(0.02)
 
 
 def _wire_pod(node: NamespaceExecutor, pod: str, peer: str, wire: Callable[[], str], address: str) -> None:
@@ -219,7 +230,8 @@ def _wire_pod(node: NamespaceExecutor, pod: str, peer: str, wire: Callable[[], s
         with IPRoute() as ipr:
             eth0 = ipr.link_lookup(ifname="eth0")[0]
             ipr.link("set", index=eth0, state="up")
-            ipr.addr("add", index=eth0, address=address, prefixlen=64)
+            # Without duplicate address detection (IFA_F_NODAD): usable at once.
+            ipr.addr("add", index=eth0, address=address, prefixlen=64, flags=0x02)
             ipr.neigh("add", dst="fe80::1", lladdr=mac, ifindex=eth0, state=0x80, family=socket.AF_INET6)
             ipr.route("add", dst="64:ff9b::", dst_len=96, gateway="fe80::1", oif=eth0, family=socket.AF_INET6)
             # Until the veth has carrier the route is unusable (EADDRNOTAVAIL on send).
@@ -233,6 +245,7 @@ def _wire_pod(node: NamespaceExecutor, pod: str, peer: str, wire: Callable[[], s
         # No duplicate address detection: the address is usable at once.
         write_sysctls(pod, {"net/ipv6/conf/eth0/accept_dad": 0})
         worker.call(inside)
+        worker.call(_wait_until_up, "eth0")
     finally:
         worker.close()
 
