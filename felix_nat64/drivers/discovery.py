@@ -113,19 +113,23 @@ def translators(ipr: IPRoute | None = None) -> list[FoundTranslator]:
     for name in namespaces():
         found.setdefault(str(ownership.tid_of_namespace(name)), {})["namespace"] = name
     with contextlib.nullcontext(ipr) if ipr is not None else IPRoute() as node:
+        ours: dict[int, dict[str, Any]] = {}
         for link in node.link("dump"):
             name = link.get("ifname") or ""
             tid = ownership.tid_of_node_link(name)
             if tid is None:
                 continue
-            entry = found.setdefault(tid, {})
+            entry = ours[link["index"]] = found.setdefault(tid, {})
             entry["node_link"] = name
             entry["parent"] = ownership.parent_of_alias(link.get("ifalias") or "")
-            for addr in node.addr("dump", index=link["index"], family=socket.AF_INET):
-                block = ownership.block_of_link_address(
-                    ipaddress.IPv4Interface((addr.get("address"), addr["prefixlen"])))
-                if block is not None:
-                    entry["block"] = block
+        if ours:
+            for addr in node.addr("dump", family=socket.AF_INET):
+                entry = ours.get(addr["index"], {})
+                if entry:
+                    block = ownership.block_of_link_address(
+                        ipaddress.IPv4Interface((addr.get("address"), addr["prefixlen"])))
+                    if block is not None:
+                        entry["block"] = block
     return [FoundTranslator(tid, e.get("namespace"), e.get("node_link"), e.get("parent"), e.get("block"))
             for tid, e in sorted(found.items())]
 

@@ -49,13 +49,14 @@ class NodeRouting:
 
     def _converge_routes(self, ipr: IPRoute, routes: list[Route], prune: bool) -> int:
         wanted = {(_family(r), r.table, r.dst): r for r in routes}
+        links = {link.get("ifname"): link["index"] for link in ipr.link("dump")}
         changes = 0
         right: set[tuple[int, int, object]] = set()
         for cur in discovery.routes(ipr):
             key = (cur.family, cur.table, cur.dst)
             want = wanted.get(key)
             if want is not None:
-                if cur.gateway == str(want.gateway) and cur.oif in ipr.link_lookup(ifname=want.dev):
+                if cur.gateway == str(want.gateway) and cur.oif == links.get(want.dev):
                     right.add(key)
                 continue  # replaced below
             if prune:
@@ -66,11 +67,11 @@ class NodeRouting:
         for key, r in wanted.items():
             if key in right:
                 continue
-            oif = ipr.link_lookup(ifname=r.dev)
-            if not oif:
+            oif = links.get(r.dev)
+            if oif is None:
                 raise RuntimeError(f"link {r.dev} for route {r.dst} does not exist")
             ipr.route("replace", family=key[0], dst=str(r.dst.network_address), dst_len=r.dst.prefixlen,
-                      gateway=str(r.gateway), oif=oif[0], table=r.table, proto=ROUTE_PROTO)
+                      gateway=str(r.gateway), oif=oif, table=r.table, proto=ROUTE_PROTO)
             changes += 1
         return changes
 
