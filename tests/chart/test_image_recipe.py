@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from testbed.image import FILE_SETTINGS, SECRET_DIR, resolve_pip_settings
-from tests.unit.test_chart import default_values, main_container, pod_spec, render
+from tests.chart.test_chart import default_values, main_container, pod_spec, render
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
