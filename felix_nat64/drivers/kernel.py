@@ -8,11 +8,14 @@ the translators. A change does both: new objects come up in the first order
 and old ones go in the second, so a prefix being removed loses its steering
 before its route, and its route before its translator.
 
-Translators of different namespaces are independent, so they converge in
-parallel, each on its own threads (one in its namespace for links and
-sysctls, one for Jool). Every step reads what the kernel has, so applying
-the same state twice changes nothing, a failed apply is finished by the
-next one, and a restarted driver adopts what its predecessor left.
+Translators of different namespaces are independent: each converges on its
+own (one thread in its namespace for links and sysctls, one for Jool), a
+failing one does not stop the others, and every failure is reported. They
+can converge in parallel (`parallelism`); the driver converges them one at a
+time, which measured fastest (docs/architecture.md, "Applying the desired
+state"). Every step reads what the kernel has, so applying the same state
+twice changes nothing, a failed apply is finished by the next one, and a
+restarted driver adopts what its predecessor left.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ from felix_nat64.drivers.routing import NodeRouting, RuleSpec
 from felix_nat64.model.state import DesiredState, Translator
 
 DEFAULT_MTU_FILE = "/var/lib/calico/mtu"
-# How many translators converge at once. Each uses two threads and a few
-# netlink sockets; most of its time is spent waiting on the kernel.
-DEFAULT_PARALLELISM = 8
+# How many translators converge at once. Their work is mostly Python, which
+# runs one thread at a time: measured in the test VM (2 vCPUs), 2, 4 or 8 at
+# once made a 16-translator apply slower, not faster.
+DEFAULT_PARALLELISM = 1
 T = TypeVar("T")
 X = TypeVar("X")
 
@@ -140,8 +144,8 @@ class KernelDataplane:
         return changes + self._links.remove(found)
 
     def _each(self, items: Sequence[X], what: Callable[[X], str], fn: Callable[[X], int]) -> int:
-        """Runs fn on every item, in parallel; every failure is reported, in
-        the items' order, once all of them have finished."""
+        """Runs fn on every item (`parallelism` at a time); every failure is
+        reported, in the items' order, once all of them have finished."""
         if len(items) <= 1 or self._parallelism == 1:
             outcomes = [self._attempt(what(i), fn, i) for i in items]
         else:
