@@ -51,7 +51,9 @@ DPKG_OPTIONS = (
     "path-exclude=/usr/share/linda/*",
     "path-exclude=/usr/share/locale/*", "path-include=/usr/share/locale/locale.alias",
 )
-APT_OPTIONS = ('Acquire::Languages "none"',)
+# No translations, and no package caches: mmdebstrap's own apt runs would
+# otherwise leave two 37 MB caches in the base layer.
+APT_OPTIONS = ('Acquire::Languages "none"', 'Dir::Cache::pkgcache ""', 'Dir::Cache::srcpkgcache ""')
 # Merged /usr by symlinks, not by the usrmerge package (which pulls in perl);
 # dpkg without fsync (eatmydata) while the tarball is made.
 HOOK_DIRS = ("/usr/share/mmdebstrap/hooks/merged-usr", "/usr/share/mmdebstrap/hooks/eatmydata")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -71,6 +72,15 @@ def test_the_image_runs_felix_nat64_felix_under_tini(built: Build) -> None:
     assert built.calico_node.startswith(STANDIN_REPOSITORY + ":standin-")
     standin = image_inspect(built.calico_node)["OCIv1"]["config"]["Labels"]
     assert "TEST STAND-IN" in standin["org.opencontainers.image.title"]
+
+
+def test_no_layer_carries_apt_caches_or_lists(layers: list[Path]) -> None:
+    # Each would add tens of megabytes that a later layer can only hide.
+    for layer in layers:
+        with tarfile.open(layer) as tar:
+            heavy = [m.name for m in tar if m.isfile() and m.size > 0 and re.match(
+                r"^(\./)?var/(cache/apt/.*\.(bin|deb)|lib/apt/lists/.+)$", m.name)]
+        assert heavy == [], (layer.name, heavy[:5])
 
 
 def _host_pip_material(tmp: Path) -> tuple[list[bytes], list[str]]:
