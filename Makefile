@@ -60,9 +60,11 @@ demo-check: venv
 image: venv
 	$(PY) -m testbed.image build
 
-# The image checked on the host: build secrets, a broken driver failing the build.
+# The image checked on the host (build secrets, a broken driver failing the
+# build), then its userland run against the real Jool module in the VM.
 image-check: image
 	$(BIN)/pytest -q tests/image --ignore=tests/image/vm
+	rootfs=$$($(PY) -m testbed.image rootfs) && $(PY) -m testbed.vm --disk "$$rootfs" $(BIN)/pytest -q tests/image/vm
 
 test: venv
 	$(MAKE) lint

@@ -6,6 +6,7 @@ virtme-ng, which shares the host's filesystem with the guest. The command
 runs as root in the guest, in the current directory, with the module loaded.
 
     python -m testbed.vm pytest -q tests/vm
+    python -m testbed.vm --disk out/image/rootfs-ID.ext4 pytest -q tests/image/vm
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def _mount_image_script(trees: dict[str, str]) -> str:
 
 
 def vng_command(argv: Sequence[str], memory: str = DEFAULT_MEMORY, cpus: int | None = None,
-                rwdirs: Sequence[str] = ()) -> list[str]:
+                rwdirs: Sequence[str] = (), disks: Sequence[str] = ()) -> list[str]:
     """The virtme-ng command line that runs `argv` in the guest."""
     vng = _vng()
     if vng is None:
@@ -178,8 +179,10 @@ def vng_command(argv: Sequence[str], memory: str = DEFAULT_MEMORY, cpus: int | N
            "--cpus", str(cpus or min(os.cpu_count() or 1, 2))]
     for d in (cwd, *rwdirs):
         cmd += ["--rwdir", d]
-    # Attached read-only as a plain virtio disk (vng's --disk names it by its path).
-    cmd += [f"--qemu-opts=-drive file={disk},format=raw,if=virtio,readonly=on"]
+    # Attached read-only as plain virtio disks (vng's --disk names them by their paths);
+    # the guest finds extra disks by their filesystem labels.
+    drives = " ".join(f"-drive file={d},format=raw,if=virtio,readonly=on" for d in (disk, *disks))
+    cmd += [f"--qemu-opts={drives}"]
     return [*cmd, "--", "bash", "-c", script]
 
 
@@ -190,8 +193,12 @@ def in_vm() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    disks: list[str] = []
+    while len(args) >= 2 and args[0] == "--disk":  # an extra read-only disk, e.g. an image's rootfs
+        disks.append(os.path.abspath(args[1]))
+        args = args[2:]
     if not args:
-        print("usage: python -m testbed.vm COMMAND [ARG...]", file=sys.stderr)
+        print("usage: python -m testbed.vm [--disk FILE]... COMMAND [ARG...]", file=sys.stderr)
         return 2
     # vng execs virtme-run by name, so its own bin directory must be on PATH.
     env = dict(os.environ)
@@ -207,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The Python image is chosen under the lock: a run that waited must
         # not boot with an image another run has since replaced.
         try:
-            cmd = vng_command(args, memory=os.environ.get("FELIX_NAT64_VM_MEMORY", DEFAULT_MEMORY))
+            cmd = vng_command(args, memory=os.environ.get("FELIX_NAT64_VM_MEMORY", DEFAULT_MEMORY),
+                              disks=disks)
         except VmError as exc:
             print(f"felix-nat64 vm: {exc}", file=sys.stderr)
             return 1

@@ -28,6 +28,20 @@ NSP_SERVER = "2001:db8:64::c633:640a"  # 2001:db8:64::198.51.100.10
 WKP_PRIVATE = "64:ff9b::a00:a"  # 64:ff9b::10.0.0.10
 
 
+def demo_stream() -> bytes:
+    """What Felix sends on the demo's node: the prefixes as a FelixConfiguration annotation, the pools."""
+    from felix_nat64.testing.streams import StreamBuilder  # noqa: PLC0415
+
+    b = StreamBuilder("master")
+    b.config({"datastore (global)": {"NAT64Prefixes": PREFIXES},
+              "environment variable": {"felixhostname": "node-1", "nat64metricsport": "0"}})
+    b.host("node-1", "192.0.2.1/24", "2001:db8:1::1/64")
+    for pool, masq in (("fd00:10:244::/64", True), ("64:ff9b::/96", False), ("2001:db8:64::/96", False)):
+        b.pool(pool, masquerade=masq)
+    b.in_sync()
+    return b.data()
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
@@ -117,32 +131,23 @@ class Demo:
         return ["nsenter", f"--net=/run/netns/{topo.node_netns}", "--", *argv]
 
     def _with_node(self, topo: Any, in_vm: bool) -> int:
-        from felix_nat64.testing.streams import StreamBuilder  # noqa: PLC0415
         from testbed.felix import FelixSimulator, driver_command  # noqa: PLC0415
 
         with tempfile.TemporaryDirectory() as tmp:
             status_file = os.path.join(tmp, "status.json")
-            b = StreamBuilder("master")
-            b.config({"datastore (global)": {"NAT64Prefixes": PREFIXES},
-                      "environment variable": {"felixhostname": "node-1", "nat64metricsport": "0"}})
-            b.host("node-1", "192.0.2.1/24", "2001:db8:1::1/64")
-            for pool, masq in (("fd00:10:244::/64", True), ("64:ff9b::/96", False),
-                               ("2001:db8:64::/96", False)):
-                b.pool(pool, masquerade=masq)
-            b.in_sync()
             self.say("Felix's view: FelixConfiguration annotation config.projectcalico.org/NAT64Prefixes="
                      f"{PREFIXES}; IP pools fd00:10:244::/64 (natOutgoing) and disabled pools covering "
                      "both prefixes")
             felix = FelixSimulator(env={"FELIX_NAT64_STATUS_FILE": status_file},
                                    command=self._node_cmd(topo, driver_command())).start()
             try:
-                felix.send(b.data())
+                felix.send(demo_stream())
                 sent = time.monotonic()
                 self.say("felix-nat64-driver started as Felix starts it (stream on fd 3); waiting "
                          "for it to apply...")
                 self._wait_ready(status_file, felix)
                 self.say(f"ready {time.monotonic() - sent:.1f}s after InSync")
-                ok = self._traffic(topo)
+                ok = self.traffic(topo)
                 self._show(topo, ["felix-nat64", "sessions"], "Jool's sessions (felix-nat64 sessions):")
                 self._show(topo, ["felix-nat64", "status", "--status-file", status_file],
                            "felix-nat64 status:")
@@ -166,7 +171,8 @@ class Demo:
             time.sleep(0.2)
         raise CliError(f"the driver did not become ready within {timeout:.0f}s:\n{felix.output}")
 
-    def _traffic(self, topo: Any) -> bool:
+    def traffic(self, topo: Any) -> bool:
+        """The demo's checks from the topology's pod; True when every one passed."""
         from testbed.traffic import ping, tcp_request, udp_exchange  # noqa: PLC0415
 
         pod = topo.pod().netns
