@@ -5,7 +5,8 @@ so the image is built against a stand-in calico/node image whose
 `/usr/bin/calico-node` is this module (a zipapp run by the image's python3).
 It starts the external dataplane driver the way Felix does and behaves like
 Felix's shutdown code around it (felix/daemon/daemon.go,
-monitorAndManageShutdown, lines 806-929 at Calico commit 87c15906):
+monitorAndManageShutdown: lines 688-811 in v3.26.4, 829-952 in v3.32.1,
+806-929 on master at 87c15906, the same logic in each):
 
 - the driver named by FELIX_DATAPLANEDRIVER is started with the stream on fd 3
   and a pipe on fd 4, in Felix's own environment; its output joins Felix's;
@@ -36,7 +37,7 @@ from testbed.felix import FelixSimulator
 
 NAME = "calico-node stand-in (felix-nat64 test, not Calico)"
 STREAM_ENV = "FELIX_NAT64_STANDIN_STREAM"
-CONFIG_CHANGED_RC = 129  # daemon.go:82
+CONFIG_CHANGED_RC = 129  # configChangedRC, daemon.go:86 (v3.26.4), :83 (v3.32.1)
 FATAL_RC = 1  # logrus Fatal
 RESTART_PAUSE = 2.0  # daemon.go: "Sleeping to avoid tight restart loop"
 
