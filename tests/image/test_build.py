@@ -7,6 +7,7 @@ The image's userland is run against the real Jool module by tests/image/vm.
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
@@ -137,11 +138,15 @@ def test_the_build_fails_when_the_driver_cannot_start(built: Build, tmp_path: Pa
     ignore = shutil.ignore_patterns(".git", ".venv", "out", "__pycache__", ".mypy_cache", ".ruff_cache",
                                     ".pytest_cache", ".hypothesis", "*.egg-info", "tests", "benchmarks")
     shutil.copytree(REPO, context, ignore=ignore)
-    entry = context / "felix_nat64" / "cli" / "entry.py"
-    source = entry.read_text()
-    assert "    problem = _felix_fds_problem()\n" in source
-    entry.write_text(source.replace("    problem = _felix_fds_problem()\n",
-                                    '    problem = "the driver is broken on purpose by a test"\n'))
+    # Whatever the driver's code looks like: its entry point, as setup.cfg names it, is replaced.
+    config = configparser.ConfigParser()
+    config.read(context / "setup.cfg")
+    lines = config["options.entry_points"]["console_scripts"].strip().splitlines()
+    scripts = {name.strip(): target.strip() for name, target in (line.split("=", 1) for line in lines)}
+    module, function = scripts["felix-nat64-driver"].split(":")
+    entry = context.joinpath(*module.split(".")).with_suffix(".py")
+    entry.write_text(entry.read_text() + f"\n\ndef {function}() -> None:\n"
+                     "    raise SystemExit('the driver is broken on purpose by a test')\n")
     name = "localhost/felix-nat64:must-not-build"
     with pytest.raises(ImageError) as failed:
         build(context, tag=name, quiet=True, record=False)
