@@ -29,7 +29,7 @@ proto:
 
 lint: venv
 	$(BIN)/ruff check felix_nat64 testbed tests benchmarks scripts
-	$(BIN)/mypy felix_nat64 testbed
+	$(BIN)/mypy felix_nat64 testbed tests/fakes.py
 	$(BIN)/lint-imports
 	shellcheck image/*
 

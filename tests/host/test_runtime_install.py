@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -32,7 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 STREAM = REPO / "examples" / "two-prefixes.stream"
 DEBIAN_NFTABLES = Path("/usr/lib/python3/dist-packages/nftables")
 # Modules of the test bed: none may reach the product's wheel.
-TESTBED_MODULES = {"testbed", "tests", "topology", "traffic", "calico_rules", "vm", "netns_exec", "felix"}
+TESTBED_MODULES = {"testbed", "tests", "topology", "traffic", "calico_rules", "vm", "netns_exec", "felix",
+                   "container", "image", "calico_node_standin", "fakes"}
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -63,10 +65,24 @@ def _pip(*args: str, python: str = sys.executable) -> None:
     assert done.returncode == 0, f"pip {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
 
 
+def _tracked_copy(dest: Path) -> Path:
+    """The files git tracks, as they are in the working tree. setuptools
+    builds through build/lib and never empties it, so a wheel built in the
+    checkout itself would also carry modules since moved or deleted."""
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True,
+                            timeout=60).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():  # a file deleted but not yet committed is not part of the tree
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory, root: None) -> RuntimeEnv:
     work = tmp_path_factory.mktemp("runtime")
-    _pip("wheel", "--no-deps", "--quiet", "--wheel-dir", str(work / "dist"), str(REPO))
+    _pip("wheel", "--no-deps", "--quiet", "--wheel-dir", str(work / "dist"), str(_tracked_copy(work / "src")))
     (wheel,) = (work / "dist").glob("felix_nat64-*.whl")
     venv = work / "venv"
     subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, timeout=120)
@@ -110,6 +126,9 @@ def test_the_wheel_holds_the_product_and_no_test_bed(runtime: RuntimeEnv) -> Non
     modules = {Path(n).stem for n in names if n.endswith(".py")}
     modules |= {part for n in names for part in n.split("/")[:-1]}
     assert modules & TESTBED_MODULES == set()
+    # The product's testing helpers are only what `render` and `stream` run on.
+    assert {Path(n).name for n in names if n.startswith("felix_nat64/testing/")} == {
+        "__init__.py", "protowire.py", "scenario.py", "streams.py"}
     assert "felix_nat64/cli/entry.py" in names
     assert "felix_nat64/wire/felixbackend_pb2.py" in names
 

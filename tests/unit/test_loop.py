@@ -13,8 +13,8 @@ from felix_nat64.cli.main import main
 from felix_nat64.dataplane.loop import DataplaneLoop, Event, LoopOptions, StreamEnd
 from felix_nat64.observe.metrics import ApplyTimes, NAT64Collector, registry_for
 from felix_nat64.observe.status import StatusBoard, write_status_file
-from felix_nat64.testing.fakes import INJECTED, ClockedQueue, ManualClock, RecordingDataplane
 from felix_nat64.wire import messages as m
+from tests.fakes import INJECTED, ClockedQueue, ManualClock, RecordingDataplane
 
 N6 = ipaddress.IPv6Network
 N4 = ipaddress.IPv4Network

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from felix_nat64.cli import driver as driver_cli
-from felix_nat64.testing.fakes import RecordingDataplane
 from felix_nat64.testing.streams import StreamBuilder
 from felix_nat64.wire.transport import SocketServer, TransportError
 from testbed.felix import driver_command
+from tests.fakes import RecordingDataplane
 
 
 def stream(prefixes: str) -> bytes:

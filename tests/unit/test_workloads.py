@@ -15,6 +15,7 @@ from prometheus_client import generate_latest
 from felix_nat64.cli import sessions as sessions_cli
 from felix_nat64.cli import status as status_cli
 from felix_nat64.cli.driver import Driver
+from felix_nat64.dataplane.fold import fold_stream
 from felix_nat64.dataplane.managers import EndpointManager, FelixView
 from felix_nat64.drivers.jool.codec import attr_map
 from felix_nat64.drivers.jool.constants import HeaderFlag, Op, RootAttr
@@ -35,20 +36,16 @@ from felix_nat64.observe.sampler import count_translator
 from felix_nat64.observe.status import StatusBoard, workloads_file, write_status_file
 from felix_nat64.testing.streams import StreamBuilder
 from felix_nat64.wire import messages as m
-from felix_nat64.wire.transport import StreamCounters, pump
+from tests.fakes import RecordingDataplane
 from tests.unit.test_jool_codec import client_with, reply_bytes, session_entry_tlv
-from tests.unit.test_loop import RecordingDataplane
 
 A6 = ipaddress.IPv6Address
 N6 = ipaddress.IPv6Network
 
 
-def folded(builder: StreamBuilder, view: FelixView | None = None) -> FelixView:
-    """A view that has folded the builder's stream, as the driver does."""
-    view = view or FelixView("node-1")
-    pump(iter([builder.data()]), lambda e: view.on_message(e) if not isinstance(e, m.Undecodable) else None,
-         StreamCounters())
-    return view
+def folded(*builders: StreamBuilder) -> FelixView:
+    """The view a driver has once it has read the builders' streams, one after the other."""
+    return fold_stream([b.data() for b in builders], "node-1").view
 
 
 def names(view: FelixView, *addresses: str) -> list[str | None]:
@@ -64,10 +61,10 @@ class TestEndpointStream:
         view = folded(b)
         assert names(view, "fd00:10:244::5", "fd00:10:244::6", "fd00:20::6", "fd00:10:244::99") == [
             "shop/web-1", "kube-system/coredns-x", "kube-system/coredns-x", None]
-        b = StreamBuilder("master")
-        b.workload("shop", "web-1", "fd00:10:244::8/128", "cali1")  # the pod's address changed
-        b.remove_workload("kube-system", "coredns-x")
-        folded(b, view)
+        later = StreamBuilder("master")
+        later.workload("shop", "web-1", "fd00:10:244::8/128", "cali1")  # the pod's address changed
+        later.remove_workload("kube-system", "coredns-x")
+        view = folded(b, later)
         assert names(view, "fd00:10:244::5", "fd00:10:244::8", "fd00:10:244::6", "fd00:20::6") == [
             None, "shop/web-1", None, None]
         assert len(view.endpoints.endpoints) == 1

@@ -32,8 +32,8 @@ from felix_nat64.model.settings import SPECS, Settings, resolve_settings
 from felix_nat64.model.state import DesiredState, Inputs, Pool
 from felix_nat64.observe.metrics import ApplyTimes, NAT64Collector, registry_for
 from felix_nat64.observe.status import StatusBoard
-from felix_nat64.testing.fakes import RecordingDataplane
 from felix_nat64.wire import messages as m
+from tests.fakes import RecordingDataplane
 
 pytestmark = pytest.mark.reliability
 

@@ -21,11 +21,11 @@ from felix_nat64.model.desired import build_desired
 from felix_nat64.model.settings import resolve_settings
 from felix_nat64.model.state import Inputs
 from felix_nat64.observe.status import StatusBoard
-from felix_nat64.testing.fakes import RecordingDataplane
 from felix_nat64.wire import felixbackend_pb2 as pb
 from felix_nat64.wire import messages as m
 from felix_nat64.wire.framing import encode_frame
 from felix_nat64.wire.transport import StreamCounters, pump
+from tests.fakes import RecordingDataplane
 
 pytestmark = [pytest.mark.reliability, pytest.mark.found_bug]
 

@@ -35,11 +35,11 @@ from felix_nat64.model.state import DesiredState, Host, Inputs, Pool
 from felix_nat64.model.workloads import Workload
 from felix_nat64.observe.status import StatusBoard
 from felix_nat64.testing import protowire as pw
-from felix_nat64.testing.fakes import RecordingDataplane
 from felix_nat64.wire import felixbackend_pb2 as pb
 from felix_nat64.wire import messages as m
 from felix_nat64.wire.framing import MAX_FRAME_BYTES, FrameDecoder, FramingError, encode_frame
 from felix_nat64.wire.transport import StreamCounters, StreamReader, pump
+from tests.fakes import RecordingDataplane
 
 pytestmark = pytest.mark.reliability
 
