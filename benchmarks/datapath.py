@@ -36,6 +36,15 @@ from typing import Any
 from benchmarks import report
 from benchmarks.prepare import LOADGEN, SNAPSHOT
 from felix_nat64.dataplane.fold import desired_from
+from felix_nat64.model.ownership import (
+    NFT_FAMILY,
+    NFT_TABLE,
+    NS_LINK_NAME,
+    ROUTE_PROTO,
+    namespace_name,
+    node_link_name,
+    translator_id,
+)
 from felix_nat64.testing.streams import StreamBuilder
 from testbed import topology as topo_mod
 from testbed.netns_exec import (
@@ -195,10 +204,10 @@ def path_state() -> str:
         return f"$ {' '.join(argv)}\n{(done.stdout + done.stderr).strip()}"
 
     return "\n".join([
-        cmd(["nft", "list", "table", "inet", "felix-nat64"]),
+        cmd(["nft", "list", "table", NFT_FAMILY, NFT_TABLE]),
         cmd(["ip", "-6", "rule"]),
-        cmd(["ip", "-6", "route", "show", "table", "all", "proto", "164"]),
-        cmd(["ip", "route", "show", "proto", "164"]),
+        cmd(["ip", "-6", "route", "show", "table", "all", "proto", str(ROUTE_PROTO)]),
+        cmd(["ip", "route", "show", "proto", str(ROUTE_PROTO)]),
         cmd(["ip", "-br", "addr"], translator_namespace()),
         cmd(["conntrack", "-L"]),
     ])
@@ -240,14 +249,10 @@ def process_memory(pid: int) -> dict[str, float]:
 
 
 def translator_link(prefix: str = NSP) -> str:
-    from felix_nat64.model.ownership import node_link_name, translator_id  # noqa: PLC0415
-
     return node_link_name(translator_id(ipaddress.IPv6Network(prefix)))
 
 
 def translator_namespace(prefix: str = NSP) -> str:
-    from felix_nat64.model.ownership import namespace_name, translator_id  # noqa: PLC0415
-
     return namespace_name(translator_id(ipaddress.IPv6Network(prefix)))
 
 
@@ -557,7 +562,7 @@ def flowtable(devices: Sequence[str], *, ipv6_leg: bool = False) -> str:
 def set_gro(on: bool) -> None:
     state = "on" if on else "off"
     subprocess.run(["ethtool", "-K", translator_link(), "gro", state], capture_output=True, check=False)
-    run_command_in_netns(translator_namespace(), ["ethtool", "-K", "fn64-node", "gro", state], check=False)
+    run_command_in_netns(translator_namespace(), ["ethtool", "-K", NS_LINK_NAME, "gro", state], check=False)
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from felix_nat64.drivers.netns.executor import NETNS_DIR
+
 WORK_DIR = "/run/fn64-containers"
-NETNS_DIR = "/run/netns"
 
 
 class ContainerError(RuntimeError):

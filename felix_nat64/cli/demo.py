@@ -125,13 +125,9 @@ class Demo:
         finally:
             topo.teardown()
 
-    def _node_cmd(self, topo: Any, argv: list[str]) -> list[str]:
-        if topo.node_netns is None:
-            return argv
-        return ["nsenter", f"--net=/run/netns/{topo.node_netns}", "--", *argv]
-
     def _with_node(self, topo: Any, in_vm: bool) -> int:
         from testbed.felix import FelixSimulator, driver_command  # noqa: PLC0415
+        from testbed.netns_exec import command_in_netns  # noqa: PLC0415
 
         with tempfile.TemporaryDirectory() as tmp:
             status_file = os.path.join(tmp, "status.json")
@@ -139,7 +135,7 @@ class Demo:
                      f"{PREFIXES}; IP pools fd00:10:244::/64 (natOutgoing) and disabled pools covering "
                      "both prefixes")
             felix = FelixSimulator(env={"FELIX_NAT64_STATUS_FILE": status_file},
-                                   command=self._node_cmd(topo, driver_command())).start()
+                                   command=command_in_netns(topo.node_netns, driver_command())).start()
             try:
                 felix.send(demo_stream())
                 sent = time.monotonic()
@@ -203,7 +199,10 @@ class Demo:
     def _show(self, topo: Any, argv: list[str], title: str) -> None:
         if title:
             self.say(title)
-        done = subprocess.run(self._node_cmd(topo, argv), capture_output=True, text=True, check=False)
+        from testbed.netns_exec import command_in_netns  # noqa: PLC0415
+
+        done = subprocess.run(command_in_netns(topo.node_netns, argv), capture_output=True, text=True,
+                              check=False)
         for line in (done.stdout + done.stderr).rstrip().splitlines():
             print(f"    {line}", flush=True)
 

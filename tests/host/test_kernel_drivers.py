@@ -32,7 +32,7 @@ from felix_nat64.drivers.nft.table import Nft, NftError, NftTable
 from felix_nat64.drivers.plan import node_routes
 from felix_nat64.drivers.routing import NodeRouting, RuleSpec
 from felix_nat64.model.desired import build_desired
-from felix_nat64.model.ownership import ROUTE_PROTO
+from felix_nat64.model.ownership import is_our_route
 from felix_nat64.model.settings import Settings
 from felix_nat64.model.state import DesiredState, Host, Inputs, Pool
 from felix_nat64.model.values import PortRange
@@ -309,7 +309,7 @@ class TestNodeRouting:
             with IPRoute() as ipr:
                 ours = [f"{r.get('dst')}/{r['dst_len']}" for fam in (socket.AF_INET, socket.AF_INET6)
                         for tbl in (254, d.routing_table) for r in ipr.route("dump", family=fam, table=tbl)
-                        if r["proto"] == ROUTE_PROTO]
+                        if is_our_route(r["proto"])]
                 prios = [r.get("priority") for r in ipr.rule("dump", family=socket.AF_INET6)]
                 return ours, prios
 

@@ -28,6 +28,7 @@ import pytest
 from felix_nat64.cli.main import build_parser
 from felix_nat64.drivers.discovery import namespaces
 from testbed.felix import FelixSimulator
+from testbed.netns_exec import command_in_netns
 
 REPO = Path(__file__).resolve().parents[2]
 STREAM = REPO / "examples" / "two-prefixes.stream"
@@ -51,9 +52,7 @@ class RuntimeEnv:
         return {"PATH": f"{self.venv / 'bin'}:{CLEAN_PATH}", "HOME": "/root", "LANG": "C.UTF-8", **extra}
 
     def run(self, *argv: str, netns: str | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
-        cmd = [self.bin(argv[0]), *argv[1:]]
-        if netns is not None:
-            cmd = ["/usr/bin/nsenter", f"--net=/run/netns/{netns}", "--", *cmd]
+        cmd = command_in_netns(netns, [self.bin(argv[0]), *argv[1:]])
         return subprocess.run(cmd, env=self.env(), capture_output=True, text=True, check=False,
                               cwd=REPO, timeout=120, **kw)
 
@@ -220,7 +219,7 @@ def test_driver_runs_as_felix_runs_it(runtime: RuntimeEnv, node_netns: str, tmp_
     # Felix execs the driver by name with a clean environment of its own.
     command = ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in runtime.env().items()),
                f"FELIX_NAT64_STATUS_FILE={status_file}",
-               "/usr/bin/nsenter", f"--net=/run/netns/{node_netns}", "--", runtime.bin("felix-nat64-driver")]
+               *command_in_netns(node_netns, [runtime.bin("felix-nat64-driver")])]
     with FelixSimulator(command=command) as felix:
         felix.send(STREAM.read_bytes())
         deadline = time.monotonic() + 60

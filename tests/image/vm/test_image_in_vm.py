@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 
 from felix_nat64.cli.demo import Demo, demo_stream
+from felix_nat64.drivers.discovery import namespaces
+from felix_nat64.model.ownership import NFT_FAMILY, NFT_TABLE
 from testbed import topology as topo_mod
 from testbed.container import Container, Mount, image_disk
 from testbed.image import ROOTFS_LABEL, Build, last_build
@@ -206,9 +208,8 @@ def test_exit_129_restarts_felix_and_the_driver(node: Node, felix: Container) ->
 
 
 def nat64_kernel_state() -> dict[str, Any]:
-    table = subprocess.run(["nft", "list", "table", "inet", "felix-nat64"], capture_output=True, check=False)
-    namespaces = sorted(n for n in os.listdir("/run/netns") if n.startswith("felix-nat64-"))
-    return {"nft_table": table.returncode == 0, "translators": namespaces}
+    table = subprocess.run(["nft", "list", "table", NFT_FAMILY, NFT_TABLE], capture_output=True, check=False)
+    return {"nft_table": table.returncode == 0, "translators": namespaces()}
 
 
 def test_sigterm_stops_felix_and_the_driver_and_leaves_the_dataplane(node: Node, felix: Container) -> None:

@@ -34,7 +34,8 @@ from typing import Any
 
 import pytest
 
-from felix_nat64.model.ownership import JOOL_INSTANCE, is_our_route
+from felix_nat64.drivers.netns.namespaces import namespace_exists
+from felix_nat64.model.ownership import JOOL_INSTANCE, NS_LINK_NAME, is_our_route
 from testbed.netns_exec import socket_in_netns
 from tests.vm.dataplane_fixtures import Node, RunningDriver, kernel_leftovers, start_driver
 
@@ -262,8 +263,8 @@ def kernel_state() -> dict[str, Any]:
         if link:
             entry["node_link"] = _link_state(None, link)
             entry["node_link_forwarding"] = run("sysctl", "-n", f"net.ipv4.conf.{link}.forwarding").strip()
-        if ns and os.path.exists(f"/run/netns/{ns}"):
-            entry["ns_link"] = _link_state(ns, "fn64-node")
+        if ns and namespace_exists(ns):
+            entry["ns_link"] = _link_state(ns, NS_LINK_NAME)
             entry["ns_routes"] = _routes(ns)
             entry["ns_forwarding"] = run("ip", "netns", "exec", ns, "sysctl", "-n",
                                          "net.ipv4.conf.all.forwarding",
