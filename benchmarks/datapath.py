@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,7 @@ POD_POOL = "fd00:10:244::/64"
 CONNTRACK_MAX = 131072
 CONNTRACK_BUCKETS = CONNTRACK_MAX // 4
 DEFAULT_JSON = "docs/bench/datapath.json"
+BUSY_JSON = "docs/bench/busy.json"
 LEVERS_JSON = "docs/bench/levers.json"
 
 
@@ -387,13 +389,15 @@ def applied_since(status: dict[str, Any], applies_before: int) -> bool:
     return bool((status.get("applies") or 0) > applies_before and status.get("ready"))
 
 
-def control_plane(bed: Bed, reps: int) -> dict[str, Any]:
-    """InSync to a working data path, and a settings change to applied, on a live stream."""
+def control_plane(bed: Bed, reps: int, insync_reps: int) -> dict[str, Any]:
+    """InSync to a working data path (`insync_reps` cold starts after the first
+    one after boot), and a settings change to applied (the first `reps`
+    starts), on a live stream."""
     insync: list[dict[str, float]] = []
     settings: list[dict[str, float]] = []
     idle_rss: list[dict[str, float]] = []
     link = translator_link()
-    for rep in range(reps):
+    for rep in range(max(reps, insync_reps + 1)):
         cleanup_kernel()
         head, in_sync = node_frames()
         driver = start_driver(head, bed.status_file())
@@ -418,6 +422,9 @@ def control_plane(bed: Bed, reps: int) -> dict[str, Any]:
             f"apply {insync[-1]['first_apply_s']:.3f}s)")
         time.sleep(2.0)
         idle_rss.append(process_memory(driver.felix.pid or 0))
+        if rep >= reps:
+            stop_driver(bed)
+            continue
         # A settings change on the live stream: the translator links' MTU.
         for mtu in (1400, 1500):
             before = (driver.status().get("applies") or 0)
@@ -714,6 +721,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levers-json", default=LEVERS_JSON)
     parser.add_argument("--pool4-exhaustion", action="store_true",
                         help="with --lever: also the pool4 exhaustion run (always run with --levers alone)")
+    parser.add_argument("--insync-reps", type=int, default=10,
+                        help="cold starts timed from InSync to a working path, besides the first after boot")
+    parser.add_argument("--skip-busy", action="store_true",
+                        help="leave out the busy node (a full Jool table)")
+    parser.add_argument("--busy-sizes", default="1000,10000,100000",
+                        help="session table sizes of the busy node, comma-separated")
+    parser.add_argument("--only-busy", action="store_true", help="the busy node alone")
+    parser.add_argument("--busy-json", default=BUSY_JSON)
+    parser.add_argument("--merge", action="store_true",
+                        help=f"keep the parts of {DEFAULT_JSON} this run leaves out")
     parser.add_argument("--skip-control", action="store_true", help="data path only")
     parser.add_argument("--skip-datapath", action="store_true", help="control plane only")
     parser.add_argument("--tests", default="", help="comma-separated data path tests to run (default all)")
@@ -747,15 +764,21 @@ def main(argv: list[str] | None = None) -> int:
         try:
             fn()
         except Exception as exc:  # recorded in the results, which say what is missing
-            log(f"{name} failed: {exc!r}")
+            log(f"{name} failed: {exc!r}\n{traceback.format_exc()}")
             result.setdefault("errors", []).append(f"{name}: {exc!r}")
         result["conditions"]["wall_seconds"] = round(time.monotonic() - started, 1)
-        write_json(args.json, result)
+        if not args.only_busy:  # the busy node has a file of its own
+            write_json(args.json, result)
 
+    if args.merge and os.path.exists(args.json):
+        with open(args.json) as handle:
+            kept = json.load(handle)
+        result = {**kept, "conditions": {**kept.get("conditions", {}), **result["conditions"]}}
+        result.pop("errors", None)
     with bed_up() as bed:
-        if not args.skip_control:
+        if not (args.skip_control or args.only_busy):
             def control() -> None:
-                result["control"] = control_plane(bed, args.reps)
+                result["control"] = control_plane(bed, args.reps, args.insync_reps)
                 result["control"]["snapshot"] = snapshot_rss(bed)
 
             def scaling() -> None:
@@ -763,6 +786,14 @@ def main(argv: list[str] | None = None) -> int:
 
             phase("control plane: InSync to working, settings change, memory", control)
             phase("apply scaling", scaling)
+        if not args.skip_busy:
+            from benchmarks import busy  # noqa: PLC0415 (it imports this module)
+
+            sizes = [int(s) for s in args.busy_sizes.split(",") if s]
+            phase("busy node: costs as Jool's tables fill",
+                  lambda: busy.phase_main(bed, result["conditions"], args.busy_json, sizes, args.reps))
+        if args.only_busy:
+            return finish(result)
         if args.skip_datapath and not args.levers:
             return finish(result)
         cleanup_kernel()
@@ -775,6 +806,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"bed ready: {json.dumps(result['conditions']['kernel'])}")
         if not args.skip_datapath:
             def datapath() -> None:
+                keep_previous(args.json)
                 result["datapath"] = interleaved(bed, tests, [(p, p) for p in PATHS], args.rounds)
                 result["stats_sample"] = stats_sample_cost()
                 log(f"one metrics sample: {result['stats_sample']}")
@@ -790,6 +822,26 @@ def main(argv: list[str] | None = None) -> int:
 
             phase("levers", lever_phase)
     return finish(result)
+
+
+PREVIOUS_SUFFIX = "-previous.json"
+
+
+def previous_path(path: str) -> str:
+    return path.removesuffix(".json") + PREVIOUS_SUFFIX
+
+
+def keep_previous(path: str) -> None:
+    """Keeps the last run's data path figures beside the new ones: the report
+    shows both ratios. A run without data path figures replaces nothing."""
+    try:
+        with open(path) as handle:
+            last = json.load(handle)
+    except (OSError, ValueError):
+        return
+    if last.get("datapath"):
+        kept = {"conditions": last.get("conditions", {}), "datapath": last["datapath"]}
+        write_json(previous_path(path), kept)
 
 
 def finish(result: dict[str, Any]) -> int:

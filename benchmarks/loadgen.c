@@ -7,12 +7,12 @@
  * interpreter than the kernel spends on a connection, and the ratio between
  * two paths would be diluted by that constant.
  *
- *   fn64load serve PORT [LIFETIME]
- *       TCP and UDP on [::]:PORT (IPv4 too). A TCP connection gets one
- *       response to its first request and is closed by the server (so the
- *       server, not the client, holds TIME_WAIT). UDP datagrams are echoed
- *       from the address they were sent to.
- *       Exits after LIFETIME seconds (default 3600) or when its parent dies.
+ *   fn64load serve PORT [LIFETIME [NPORTS]]
+ *       TCP and UDP on [::]:PORT .. PORT+NPORTS-1 (IPv4 too; NPORTS default
+ *       1). A TCP connection gets one response to its first request and is
+ *       closed by the server (so the server, not the client, holds
+ *       TIME_WAIT). UDP datagrams are echoed from the address they were sent
+ *       to. Exits after LIFETIME seconds (default 3600) or when its parent dies.
  *
  *   fn64load crr ADDR PORT CONCURRENCY SECONDS
  *       Closed loop of new TCP connections, CONCURRENCY at a time: connect,
@@ -23,6 +23,17 @@
  *   fn64load udprr ADDR PORT SECONDS [SIZE]
  *       One outstanding UDP request at a time (SIZE bytes, default 64); prints
  *       JSON with the round-trip time percentiles and the losses.
+ *
+ *   fn64load udpfill ADDR PORT FIRST COUNT RATE
+ *   fn64load tcpfill ADDR PORT FIRST COUNT CONCURRENCY
+ *       Flows numbered FIRST .. FIRST+COUNT-1, flow i from source port
+ *       FILL_SPORT0 + i % FILL_SPORTS to destination port PORT + i / FILL_SPORTS,
+ *       so every flow is a new 5-tuple and running a range again reopens the
+ *       same flows (a top-up, not new ones). udpfill sends one datagram per
+ *       flow, RATE per second at most (0: no limit), and waits for nothing;
+ *       tcpfill makes each flow a whole connection (connect, request, answer,
+ *       close), CONCURRENCY at a time. Both print JSON: flows done and failed.
+ *       They fill a NAT64's session table (benchmarks/busy.py).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -48,6 +59,10 @@
 #define CONNECTION_TIMEOUT_NS (3 * 1000000000LL)
 #define MAX_CONCURRENCY 4096
 #define MAX_EVENTS 256
+#define MAX_SERVE_PORTS 64
+/* Fill flows use source ports below Linux's default ephemeral range (32768-60999). */
+#define FILL_SPORT0 1024
+#define FILL_SPORTS 20000
 
 static int64_t now_ns(void)
 {
@@ -199,34 +214,57 @@ static ssize_t udp_echo(int udp, char *buf, size_t size)
 	return got;
 }
 
-static int serve(int port, int lifetime)
+/* A listening TCP socket and a UDP socket on [::]:port, both added to ep. */
+static void listen_on(int ep, int port, int *tcp, int *udp)
 {
 	struct sockaddr_in6 addr = { .sin6_family = AF_INET6, .sin6_port = htons(port),
 				     .sin6_addr = IN6ADDR_ANY_INIT };
-	int zero = 0, one = 1, ep, tcp, udp;
+	struct epoll_event ev = { .events = EPOLLIN };
+	int zero = 0, one = 1;
+
+	*tcp = socket(AF_INET6, SOCK_STREAM | SOCK_NONBLOCK, 0);
+	*udp = socket(AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+	if (*tcp < 0 || *udp < 0)
+		die("socket");
+	setsockopt(*tcp, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	setsockopt(*tcp, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+	setsockopt(*udp, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+	setsockopt(*udp, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof(one));
+	if (bind(*tcp, (struct sockaddr *)&addr, sizeof(addr)) || bind(*udp, (struct sockaddr *)&addr, sizeof(addr)))
+		die("bind");
+	if (listen(*tcp, 4096))
+		die("listen");
+	ev.data.fd = *tcp;
+	epoll_ctl(ep, EPOLL_CTL_ADD, *tcp, &ev);
+	ev.data.fd = *udp;
+	epoll_ctl(ep, EPOLL_CTL_ADD, *udp, &ev);
+}
+
+static int is_one_of(int fd, const int *fds, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (fds[i] == fd)
+			return 1;
+	return 0;
+}
+
+static int serve(int port, int lifetime, int nports)
+{
+	int ep, tcps[MAX_SERVE_PORTS], udps[MAX_SERVE_PORTS];
 	struct epoll_event ev, events[MAX_EVENTS];
 	char buf[65536];
 	int64_t deadline = now_ns() + (int64_t)lifetime * 1000000000LL;
+	struct rlimit rl = { 65536, 65536 };
 
+	if (nports < 1 || nports > MAX_SERVE_PORTS) {
+		fprintf(stderr, "fn64load: 1 to %d ports\n", MAX_SERVE_PORTS);
+		return 2;
+	}
 	prctl(PR_SET_PDEATHSIG, SIGTERM);
-	tcp = socket(AF_INET6, SOCK_STREAM | SOCK_NONBLOCK, 0);
-	udp = socket(AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK, 0);
-	if (tcp < 0 || udp < 0)
-		die("socket");
-	setsockopt(tcp, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	setsockopt(tcp, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
-	setsockopt(udp, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
-	setsockopt(udp, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof(one));
-	if (bind(tcp, (struct sockaddr *)&addr, sizeof(addr)) || bind(udp, (struct sockaddr *)&addr, sizeof(addr)))
-		die("bind");
-	if (listen(tcp, 4096))
-		die("listen");
+	setrlimit(RLIMIT_NOFILE, &rl);
 	ep = epoll_create1(0);
-	ev.events = EPOLLIN;
-	ev.data.fd = tcp;
-	epoll_ctl(ep, EPOLL_CTL_ADD, tcp, &ev);
-	ev.data.fd = udp;
-	epoll_ctl(ep, EPOLL_CTL_ADD, udp, &ev);
+	for (int i = 0; i < nports; i++)
+		listen_on(ep, port + i, &tcps[i], &udps[i]);
 	printf("READY\n");
 	fflush(stdout);
 
@@ -236,17 +274,17 @@ static int serve(int port, int lifetime)
 		for (int i = 0; i < n; i++) {
 			int fd = events[i].data.fd;
 
-			if (fd == tcp) {
+			if (is_one_of(fd, tcps, nports)) {
 				int c;
 
-				while ((c = accept4(tcp, NULL, NULL, SOCK_NONBLOCK)) >= 0) {
+				while ((c = accept4(fd, NULL, NULL, SOCK_NONBLOCK)) >= 0) {
 					ev.events = EPOLLIN;
 					ev.data.fd = c;
 					epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev);
 				}
-			} else if (fd == udp) {
+			} else if (is_one_of(fd, udps, nports)) {
 				for (;;) {
-					if (udp_echo(udp, buf, sizeof(buf)) < 0)
+					if (udp_echo(fd, buf, sizeof(buf)) < 0)
 						break;
 				}
 			} else {
@@ -277,11 +315,49 @@ struct conn {
 	int got;
 };
 
-static int crr(const char *dst, int port, int concurrency, double seconds)
+/* Which flow a fill number is: its source port, and its destination port from `port` on. */
+static int fill_sport(long flow)
+{
+	return FILL_SPORT0 + (int)(flow % FILL_SPORTS);
+}
+
+static int fill_dport(int port, long flow)
+{
+	return port + (int)(flow / FILL_SPORTS);
+}
+
+/* Binds a socket to the fill flow's source port (0: any) and sets the flow's destination port. */
+static int fill_bind(int fd, int family, int sport, struct sockaddr_storage *dst, int dport)
+{
+	struct sockaddr_storage src;
+	int one = 1;
+
+	memset(&src, 0, sizeof(src));
+	src.ss_family = family;
+	if (family == AF_INET6) {
+		((struct sockaddr_in6 *)&src)->sin6_port = htons(sport);
+		((struct sockaddr_in6 *)dst)->sin6_port = htons(dport);
+	} else {
+		((struct sockaddr_in *)&src)->sin_port = htons(sport);
+		((struct sockaddr_in *)dst)->sin_port = htons(dport);
+	}
+	if (!sport)
+		return 0;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	return bind(fd, (struct sockaddr *)&src, family == AF_INET6 ? sizeof(struct sockaddr_in6)
+								       : sizeof(struct sockaddr_in));
+}
+
+/*
+ * Closed loop of TCP connections, CONCURRENCY at a time: for SECONDS (crr),
+ * or for the fill flows FIRST .. FIRST+COUNT-1 (count >= 0, tcpfill).
+ */
+static int connections(const char *dst, int port, int concurrency, double seconds, long first, long count)
 {
 	struct sockaddr_storage ss;
 	socklen_t sslen;
 	int family = parse_addr(dst, port, &ss, &sslen);
+	long next_flow = first;
 	struct conn *conns;
 	struct samples lat = { 0 };
 	struct epoll_event ev, events[MAX_EVENTS];
@@ -303,9 +379,10 @@ static int crr(const char *dst, int port, int concurrency, double seconds)
 		int64_t t = now_ns();
 
 		/* Start connections into idle slots while the run lasts. */
-		for (int i = 0; i < concurrency && t < stop_starting; i++) {
+		for (int i = 0; i < concurrency && (count < 0 ? t < stop_starting : next_flow < first + count); i++) {
 			struct conn *c = &conns[i];
 			int one = 1;
+			long flow = next_flow;
 
 			if (c->state != IDLE)
 				continue;
@@ -314,6 +391,15 @@ static int crr(const char *dst, int port, int concurrency, double seconds)
 				count_error(errno);
 				failed++;
 				continue;
+			}
+			if (count >= 0) {
+				next_flow++;
+				if (fill_bind(c->fd, family, fill_sport(flow), &ss, fill_dport(port, flow))) {
+					count_error(errno);
+					failed++;
+					close(c->fd);
+					continue;
+				}
 			}
 			setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 			c->started = now_ns();
@@ -330,7 +416,7 @@ static int crr(const char *dst, int port, int concurrency, double seconds)
 			epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
 			active++;
 		}
-		if (!active && t >= stop_starting)
+		if (!active && (count < 0 ? t >= stop_starting : next_flow >= first + count))
 			break;
 
 		int n = epoll_wait(ep, events, MAX_EVENTS, 50);
@@ -395,11 +481,66 @@ static int crr(const char *dst, int port, int concurrency, double seconds)
 
 	double elapsed = (double)(last_done - start) / 1e9;
 
-	printf("{\"mode\": \"crr\", \"concurrency\": %d, \"completed\": %ld, \"failed\": %ld, "
+	printf("{\"mode\": \"%s\", \"concurrency\": %d, \"completed\": %ld, \"failed\": %ld, "
 	       "\"seconds\": %.4f, \"rate\": %.1f, ",
-	       concurrency, completed, failed, elapsed, elapsed > 0 ? completed / elapsed : 0.0);
+	       count < 0 ? "crr" : "tcpfill", concurrency, completed, failed, elapsed,
+	       elapsed > 0 ? completed / elapsed : 0.0);
 	print_latencies(&lat);
 	printf(", ");
+	print_errors();
+	printf("}\n");
+	return 0;
+}
+
+/* ---- session table fill ---------------------------------------------------- */
+
+static int tcpfill(const char *dst, int port, long first, long count, int concurrency)
+{
+	if (first < 0 || count < 0) {
+		fprintf(stderr, "fn64load: FIRST and COUNT are >= 0\n");
+		return 2;
+	}
+	return connections(dst, port, concurrency, 0, first, count);
+}
+
+static int udpfill(const char *dst, int port, long first, long count, long rate)
+{
+	struct sockaddr_storage ss;
+	socklen_t sslen;
+	int family = parse_addr(dst, port, &ss, &sslen);
+	long sent = 0, failed = 0;
+	int64_t start = now_ns();
+
+	if (first < 0 || count < 0 || rate < 0) {
+		fprintf(stderr, "fn64load: FIRST, COUNT and RATE are >= 0\n");
+		return 2;
+	}
+	for (long flow = first; flow < first + count; flow++) {
+		int fd = socket(family, SOCK_DGRAM, 0);
+
+		if (fd < 0 || fill_bind(fd, family, fill_sport(flow), &ss, fill_dport(port, flow)) ||
+		    sendto(fd, "fill", 4, 0, (struct sockaddr *)&ss, sslen) != 4) {
+			count_error(errno);
+			failed++;
+		} else {
+			sent++;
+		}
+		if (fd >= 0)
+			close(fd);
+		/* Keep to RATE datagrams per second: sleep off any lead over the schedule. */
+		if (rate) {
+			int64_t due = start + (int64_t)((double)(flow - first + 1) * 1e9 / (double)rate);
+			int64_t lead = due - now_ns();
+
+			if (lead > 0)
+				usleep((useconds_t)(lead / 1000));
+		}
+	}
+
+	double elapsed = (double)(now_ns() - start) / 1e9;
+
+	printf("{\"mode\": \"udpfill\", \"completed\": %ld, \"failed\": %ld, \"seconds\": %.4f, "
+	       "\"rate\": %.1f, ", sent, failed, elapsed, elapsed > 0 ? sent / elapsed : 0.0);
 	print_errors();
 	printf("}\n");
 	return 0;
@@ -480,12 +621,17 @@ int main(int argc, char **argv)
 {
 	signal(SIGPIPE, SIG_IGN);
 	if (argc >= 3 && !strcmp(argv[1], "serve"))
-		return serve(atoi(argv[2]), argc > 3 ? atoi(argv[3]) : 3600);
+		return serve(atoi(argv[2]), argc > 3 ? atoi(argv[3]) : 3600, argc > 4 ? atoi(argv[4]) : 1);
+	if (argc == 7 && !strcmp(argv[1], "udpfill"))
+		return udpfill(argv[2], atoi(argv[3]), atol(argv[4]), atol(argv[5]), atol(argv[6]));
+	if (argc == 7 && !strcmp(argv[1], "tcpfill"))
+		return tcpfill(argv[2], atoi(argv[3]), atol(argv[4]), atol(argv[5]), atoi(argv[6]));
 	if (argc == 6 && !strcmp(argv[1], "crr"))
-		return crr(argv[2], atoi(argv[3]), atoi(argv[4]), atof(argv[5]));
+		return connections(argv[2], atoi(argv[3]), atoi(argv[4]), atof(argv[5]), 0, -1);
 	if ((argc == 5 || argc == 6) && !strcmp(argv[1], "udprr"))
 		return udprr(argv[2], atoi(argv[3]), atof(argv[4]), argc == 6 ? atoi(argv[5]) : 64);
-	fprintf(stderr, "usage: fn64load serve PORT [LIFETIME] | crr ADDR PORT CONCURRENCY SECONDS | "
-			"udprr ADDR PORT SECONDS [SIZE]\n");
+	fprintf(stderr, "usage: fn64load serve PORT [LIFETIME [NPORTS]] | crr ADDR PORT CONCURRENCY SECONDS | "
+			"udprr ADDR PORT SECONDS [SIZE] | udpfill ADDR PORT FIRST COUNT RATE | "
+			"tcpfill ADDR PORT FIRST COUNT CONCURRENCY\n");
 	return 2;
 }

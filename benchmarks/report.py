@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DATAPATH_JSON = "docs/bench/datapath.json"
+PREVIOUS_JSON = "docs/bench/datapath-previous.json"
+BUSY_JSON = "docs/bench/busy.json"
+BUSY_PNG = "docs/bench/busy.png"
 FRONTEND_JSON = "docs/bench/frontend.json"
 LEVERS_JSON = "docs/bench/levers.json"
 PNG = "docs/bench/datapath.png"
@@ -188,7 +191,9 @@ def control_figures(result: Mapping[str, Any], frontend: Mapping[str, Any] | Non
     insync = [r["to_working_s"] for r in runs if not r.get("first_after_boot")]
     if insync:
         s = Spread.of(insync)
-        figures.append(Figure("InSync -> working data path (cold node)", s.median, "s", "< 2 s", s.high < 2,
+        p95 = percentile(insync, 95)
+        figures.append(Figure("InSync -> working data path (cold node), p50", s.median, "s"))
+        figures.append(Figure("InSync -> working data path (cold node), p95", p95, "s", "< 2 s", p95 < 2,
                               f"range {_fmt(s.low)}-{_fmt(s.high)} s, n={s.n}"))
     if boot:
         figures.append(Figure("InSync -> working, first time after the VM boots", boot[0], "s", "", None,
@@ -303,16 +308,25 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool)
                       *(fmt.format(*r) for r in rows)])
 
 
-def datapath_table(rows: Sequence[Row], markdown: bool = False) -> str:
+def datapath_table(rows: Sequence[Row], markdown: bool = False, previous: Sequence[Row] = ()) -> str:
+    """The data path table; with `previous` (the last run's rows), its ratios
+    beside this run's."""
+    before = {(r.metric.test, r.metric.key): r.ratio for r in previous}
     body = []
     for r in rows:
         target = ""
         if r.metric.target is not None:
             target = ("≥ " if r.metric.higher_is_better else "≤ ") + f"{r.metric.target:g}"
-        body.append([r.metric.label, r.metric.unit, _fmt(r.nat64.median), _fmt(r.routed.median),
-                     _ratio_text(r.ratio), target, _mark(r.met)])
-    return table(["Figure", "Unit", "NAT64", "Routed", "NAT64/routed (range)", "Target", "Met"], body,
-                 markdown)
+        line = [r.metric.label, r.metric.unit, _fmt(r.nat64.median), _fmt(r.routed.median),
+                _ratio_text(r.ratio)]
+        if previous:
+            old = before.get((r.metric.test, r.metric.key))
+            line.append(_ratio_text(old) if old is not None else "-")
+        body.append([*line, target, _mark(r.met)])
+    headers = ["Figure", "Unit", "NAT64", "Routed", "NAT64/routed (range)"]
+    if previous:
+        headers.append("Previous run")
+    return table([*headers, "Target", "Met"], body, markdown)
 
 
 def figures_table(figures: Sequence[Figure], markdown: bool = False) -> str:
@@ -362,6 +376,156 @@ def scaling_table(scaling: Mapping[str, Any], markdown: bool = False) -> str:
               _fmt(p["add_one_s"] * 1e3), "-"] for p in scaling.get("prefixes", [])]
     headers = ["State", "Cold apply ms", "No-op resync ms", "One change ms", "Decode + calculation ms"]
     return table(headers, body, markdown)
+
+
+# ---------------------------------------------------------------------------
+# The busy node (docs/bench/busy.json)
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BusyCost:
+    """A cost measured at every table size: its name and how to read it from a level."""
+
+    label: str
+    unit: str
+    scale: float  # from seconds (or MB) to `unit`
+    read: Any  # level -> list of measurements
+
+    def median_at(self, level: Mapping[str, Any]) -> float:
+        return median([v * self.scale for v in self.read(level)])
+
+
+def _list(key: str) -> Any:
+    return lambda level: list(level.get(key) or [])
+
+
+def _one(key: str) -> Any:
+    return lambda level: [level[key]] if key in level else []
+
+
+BUSY_COSTS = (
+    BusyCost("One metrics sample (stats-poller)", "ms", 1e3, _list("sample_s")),
+    BusyCost("/metrics scrape", "ms", 1e3, _list("scrape_s")),
+    BusyCost("status (collection)", "ms", 1e3, _list("status_collect_s")),
+    BusyCost("felix-nat64 status (command)", "s", 1.0, _one("status_cli_s")),
+    BusyCost("sessions --limit 100 (page)", "ms", 1e3, _list("sessions_page_s")),
+    BusyCost("felix-nat64 sessions --limit 100 (command)", "s", 1.0, _one("sessions_cli_s")),
+    BusyCost("No-op resync apply", "ms", 1e3, _list("resync_s")),
+    BusyCost("Settings change -> in the kernel", "ms", 1e3,
+             lambda level: [r["to_kernel_s"] for r in level.get("settings_change") or []]),
+    BusyCost("Driver RSS", "MB", 1.0, lambda level: [level["rss_mb"]["VmRSS"]] if "rss_mb" in level else []),
+    BusyCost("Session census (walks every session)", "s", 1.0, _list("census_s")),
+)
+FLAT_COSTS = ("One metrics sample (stats-poller)", "status (collection)")
+
+
+def busy_levels(busy: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The levels measured with a filled table (the empty one apart)."""
+    return [level for level in busy.get("levels") or [] if level.get("target")]
+
+
+def busy_table(busy: Mapping[str, Any], markdown: bool = False) -> str:
+    levels = busy.get("levels") or []
+    headers = ["Figure", *(f"{int(level['sessions']):,} sessions" for level in levels)]
+    body = [[f"{cost.label}, {cost.unit}", *(_fmt(cost.median_at(level)) for level in levels)]
+            for cost in BUSY_COSTS]
+    body.append(["Time to fill to this size, s",
+                 *(_fmt(level["fill_s"]) if "fill_s" in level else "-" for level in levels)])
+    return table(headers, body, markdown)
+
+
+def crr_ratio(runs: Mapping[str, Runs]) -> Spread:
+    return Spread.of(paired_ratios(values(runs["nat64"], "conn_s"), values(runs["routed"], "conn_s")))
+
+
+def busy_figures(busy: Mapping[str, Any]) -> list[Figure]:
+    """The busy node's verdicts: flat costs, memory, the connection rate."""
+    figures: list[Figure] = []
+    levels = busy_levels(busy)
+    if len(levels) >= 2:
+        small, big = levels[0], levels[-1]
+        for cost in BUSY_COSTS:
+            if cost.label not in FLAT_COSTS:
+                continue
+            a, b = cost.read(small), cost.read(big)
+            ratio = median(b) / median(a) if a and b and median(a) else math.nan
+            # Within noise: the big table's median inside the small one's range
+            # widened by a quarter, or no more than 25% above its median.
+            same = bool(a and b) and (median(b) <= max(a) * 1.25 or ratio <= 1.25)
+            detail = f"{_fmt(cost.median_at(small))} -> {_fmt(cost.median_at(big))} {cost.unit}"
+            figures.append(Figure(f"{cost.label} at {int(big['sessions']):,} / at {int(small['sessions']):,} "
+                                  "sessions", ratio, "x", "same within noise", same, detail))
+    rss = [level["rss_mb"]["VmRSS"] for level in busy.get("levels") or [] if "rss_mb" in level]
+    peak = [level["rss_mb"].get("VmHWM", 0) for level in busy.get("levels") or [] if "rss_mb" in level]
+    if rss:
+        figures.append(Figure("Driver RSS, busiest table", max(rss), "MB", "< 80 MB", max(peak + rss) < 80,
+                              f"peak {_fmt(max(peak + rss))} MB"))
+    if busy.get("crr_empty") and busy.get("crr_full"):
+        empty, full = crr_ratio(busy["crr_empty"]), crr_ratio(busy["crr_full"])
+        figures.append(Figure("New TCP connections, NAT64/routed, empty table", empty.median, "", "", None,
+                              f"range {_fmt(empty.low)}-{_fmt(empty.high)}, n={empty.n}"))
+        figures.append(Figure(f"New TCP connections, NAT64/routed, {int(busy.get('crr_full_sessions', 0)):,} "
+                              "sessions", full.median, "", "", None,
+                              f"range {_fmt(full.low)}-{_fmt(full.high)}, n={full.n}"))
+    return figures
+
+
+def busy_section(busy: Mapping[str, Any], png: str = "") -> list[str]:
+    c = busy.get("conditions") or {}
+    lines = [f"Busy node, run of {c.get('date', '?')} ({c.get('busy_seconds', '?')} s; settings "
+             f"{', '.join(f'{k}={v}' for k, v in (busy.get('settings') or {}).items())}; medians of "
+             f"{c.get('reps', '?')} repetitions, commands and census once):", "",
+             busy_table(busy, True), "", figures_table(busy_figures(busy), True), ""]
+    if busy.get("errors"):
+        lines += ["Parts of the busy node that failed:", "", *(f"- `{e}`" for e in busy["errors"]), ""]
+    if png:
+        lines += [f"![Costs against the size of Jool's session table]({png})", ""]
+    return lines
+
+
+def plot_busy(busy: Mapping[str, Any], path: str) -> None:
+    """Each cost against the table size, and the connection rate ratio empty and full."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    levels = busy_levels(busy)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), constrained_layout=True)
+    ax = axes[0]
+    sizes = [level["sessions"] for level in levels]
+    for cost, marker in zip(BUSY_COSTS, "os^vD<>ph*", strict=False):
+        if cost.unit == "MB":
+            continue
+        ms = [cost.median_at(level) * (1e3 if cost.unit == "s" else 1.0) for level in levels]
+        ax.plot(sizes, ms, marker + "-", label=cost.label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("Jool sessions on the node")
+    ax.set_ylabel("ms (in the emulated VM)")
+    ax.set_title("Cost against the size of Jool's session table", fontsize=10)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    rss = [level["rss_mb"]["VmRSS"] for level in levels]
+    ax.plot(sizes, rss, "o-", color="tab:blue", label="driver RSS, MB")
+    ax.axhline(80, color="tab:red", linestyle=":", label="80 MB target")
+    ax.set_xscale("log")
+    ax.set_xlabel("Jool sessions on the node")
+    ax.set_ylabel("MB")
+    if busy.get("crr_empty") and busy.get("crr_full"):
+        twin = ax.twinx()
+        empty, full = crr_ratio(busy["crr_empty"]), crr_ratio(busy["crr_full"])
+        xs = [max(min(sizes) / 3, 1), busy.get("crr_full_sessions") or max(sizes)]
+        for x, s, label in ((xs[0], empty, "empty table"), (xs[1], full, "full table")):
+            twin.errorbar([x], [s.median], yerr=[[s.median - s.low], [s.high - s.median]], fmt="s",
+                          color="tab:green", capsize=4)
+            twin.annotate(label, (x, s.median), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        twin.set_ylabel("new TCP connections, NAT64/routed", color="tab:green")
+        twin.set_ylim(0, 1.1)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("Driver memory, and the connection rate ratio empty and full", fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------
@@ -439,9 +603,11 @@ DOC_END = "<!-- make bench: generated, end -->"
 
 
 def generated_section(result: Mapping[str, Any], frontend: Mapping[str, Any] | None,
-                      levers: Mapping[str, Any] | None, png: str = "") -> str:
+                      levers: Mapping[str, Any] | None, png: str = "", busy: Mapping[str, Any] | None = None,
+                      busy_png: str = "", previous: Mapping[str, Any] | None = None) -> str:
     """The Markdown that `make bench` writes between the markers of docs/performance.md."""
     summary = summarize(result, frontend)
+    before = datapath_rows(previous.get("datapath") or {}) if previous else []
     c = summary.conditions
     kernel = c.get("kernel") or {}
     lines = [f"Run of {c.get('date', '?')}: {c.get('emulation', '')}; kernel {kernel.get('kernel', '?')}, "
@@ -450,8 +616,11 @@ def generated_section(result: Mapping[str, Any], frontend: Mapping[str, Any] | N
              f"bulk run; {c.get('reps')} repetitions of each control plane figure; "
              f"{c.get('wall_seconds', '?')} s in all.", ""]
     if summary.rows:
+        was = f"; \"Previous run\" is the ratio of the run of {previous['conditions'].get('date', '?')}" \
+            if before and previous else ""
         lines += ["Data path, NAT64 against plain IPv6 routing (medians over the rounds; the ratio is "
-                  "taken per round, then its median and range):", "", datapath_table(summary.rows, True), ""]
+                  f"taken per round, then its median and range{was}):", "",
+                  datapath_table(summary.rows, True, before), ""]
     if summary.figures:
         lines += ["Control plane and footprint:", "", figures_table(summary.figures, True), ""]
     if result.get("scaling"):
@@ -467,6 +636,8 @@ def generated_section(result: Mapping[str, Any], frontend: Mapping[str, Any] | N
         lines.append("")
     if png:
         lines += [f"![NAT64/routed ratios, apply-time scaling and levers]({png})", ""]
+    if busy:
+        lines += busy_section(busy, busy_png)
     return "\n".join(lines).rstrip("\n")
 
 
@@ -493,6 +664,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frontend", default=FRONTEND_JSON)
     parser.add_argument("--levers", default=LEVERS_JSON)
     parser.add_argument("--png", default=PNG)
+    parser.add_argument("--previous", default=PREVIOUS_JSON)
+    parser.add_argument("--busy", default=BUSY_JSON)
+    parser.add_argument("--busy-png", default=BUSY_PNG)
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for the docs)")
     parser.add_argument("--doc", default=DOC, help="Markdown file whose generated section is rewritten "
                         "('' to leave it alone)")
@@ -503,11 +677,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = summarize(result, _load(args.frontend))
     levers = _load(args.levers)
+    busy = _load(args.busy)
+    previous = _load(args.previous)
     lever_list = lever_rows(levers["levers"]) if levers else []
     conditions = summary.conditions
     print(f"Conditions: {conditions.get('emulation', '')}; {conditions.get('rounds')} interleaved rounds, "
           f"{conditions.get('seconds')} s per bulk run; {conditions.get('date', '')}")
     print(render_text(summary, args.markdown))
+    if busy:
+        print()
+        print(busy_table(busy, args.markdown))
+        print(figures_table(busy_figures(busy), args.markdown))
     if result.get("scaling"):
         print()
         print(scaling_table(result["scaling"], args.markdown))
@@ -522,11 +702,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.png:
         plot(summary, result.get("scaling") or {}, lever_list, args.png)
         print(f"\nplot: {args.png}")
+    if busy and args.busy_png and len(busy_levels(busy)) >= 1:
+        plot_busy(busy, args.busy_png)
+        print(f"plot: {args.busy_png}")
     if args.doc:
         with open(args.doc) as handle:
             doc = handle.read()
-        png = os.path.relpath(args.png, os.path.dirname(args.doc) or ".") if args.png else ""
-        section = generated_section(result, _load(args.frontend), levers, png)
+        def rel(path: str) -> str:
+            return os.path.relpath(path, os.path.dirname(args.doc) or ".") if path else ""
+
+        busy_png = rel(args.busy_png) if busy and busy_levels(busy) else ""
+        section = generated_section(result, _load(args.frontend), levers, rel(args.png), busy, busy_png,
+                                    previous)
         with open(args.doc, "w") as handle:
             handle.write(replace_section(doc, section))
         print(f"figures written into {args.doc}")
