@@ -470,11 +470,17 @@ def busy_figures(busy: Mapping[str, Any]) -> list[Figure]:
     return figures
 
 
+def _flat_reps(busy: Mapping[str, Any]) -> int:
+    levels = busy_levels(busy)
+    return len(levels[-1].get("sample_s") or []) if levels else 0
+
+
 def busy_section(busy: Mapping[str, Any], png: str = "") -> list[str]:
     c = busy.get("conditions") or {}
     lines = [f"Busy node, run of {c.get('date', '?')} ({c.get('busy_seconds', '?')} s; settings "
              f"{', '.join(f'{k}={v}' for k, v in (busy.get('settings') or {}).items())}; medians of "
-             f"{c.get('reps', '?')} repetitions, commands and census once):", "",
+             f"{c.get('reps', '?')} repetitions, of {_flat_reps(busy)} for the metrics sample, the "
+             "scrape and status; commands and census once):", "",
              busy_table(busy, True), "", figures_table(busy_figures(busy), True), ""]
     if busy.get("errors"):
         lines += ["Parts of the busy node that failed:", "", *(f"- `{e}`" for e in busy["errors"]), ""]
