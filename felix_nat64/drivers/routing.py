@@ -35,6 +35,10 @@ class NodeRouting:
 
     def __init__(self) -> None:
         self._log = EventLogger("routing")
+        # The rule and routes an add-only pass has just converged and found
+        # nothing of ours beyond: the pruning pass that follows it has nothing
+        # to remove, and is spared reading every table again.
+        self._nothing_stale: tuple[RuleSpec | None, tuple[Route, ...]] | None = None
 
     def apply(self, rule: RuleSpec | None, routes: Iterable[Route], *, prune: bool = True) -> int:
         """Makes the node's rule and routes match; ours are swept from every
@@ -42,15 +46,22 @@ class NodeRouting:
         corrected, and what is no longer wanted stays for a later call: on
         the way up, traffic still steered to an old prefix keeps its route
         until the nftables table stops steering it."""
+        wanted = (rule, tuple(routes))
+        clean, self._nothing_stale = self._nothing_stale, None
+        if prune and clean == wanted:
+            return 0
         with IPRoute() as ipr:
-            changes = self._converge_routes(ipr, list(routes), prune)
-            changes += self._converge_rule(ipr, rule, prune)
-        return changes
+            changes, stale = self._converge_routes(ipr, list(wanted[1]), prune)
+            rule_changes, stale_rules = self._converge_rule(ipr, rule, prune)
+        if not prune and not stale and not stale_rules:
+            self._nothing_stale = wanted
+        return changes + rule_changes
 
-    def _converge_routes(self, ipr: IPRoute, routes: list[Route], prune: bool) -> int:
+    def _converge_routes(self, ipr: IPRoute, routes: list[Route], prune: bool) -> tuple[int, int]:
+        """Changes made, and stale routes left (none when pruning)."""
         wanted = {(_family(r), r.table, r.dst): r for r in routes}
         links = {link.get("ifname"): link["index"] for link in ipr.link("dump")}
-        changes = 0
+        changes = stale = 0
         right: set[tuple[int, int, object]] = set()
         for cur in discovery.routes(ipr):
             key = (cur.family, cur.table, cur.dst)
@@ -59,7 +70,9 @@ class NodeRouting:
                 if cur.gateway == str(want.gateway) and cur.oif == links.get(want.dev):
                     right.add(key)
                 continue  # replaced below
-            if prune:
+            if not prune:
+                stale += 1
+            else:
                 ipr.route("del", family=cur.family, dst=str(cur.dst.network_address),
                           dst_len=cur.dst.prefixlen, table=cur.table, proto=ROUTE_PROTO)
                 self._log.info("route removed", dst=cur.dst, table=cur.table)
@@ -73,10 +86,11 @@ class NodeRouting:
             ipr.route("replace", family=key[0], dst=str(r.dst.network_address), dst_len=r.dst.prefixlen,
                       gateway=str(r.gateway), oif=oif, table=r.table, proto=ROUTE_PROTO)
             changes += 1
-        return changes
+        return changes, stale
 
-    def _converge_rule(self, ipr: IPRoute, rule: RuleSpec | None, prune: bool) -> int:
-        changes = 0
+    def _converge_rule(self, ipr: IPRoute, rule: RuleSpec | None, prune: bool) -> tuple[int, int]:
+        """Changes made, and stale rules left (none when pruning)."""
+        changes = stale = 0
         found = False
         for cur in discovery.rules(ipr):
             mine = rule is not None and cur.fwmark == rule.mark and cur.fwmask == rule.mark \
@@ -85,6 +99,7 @@ class NodeRouting:
                 found = True
                 continue
             if not prune:
+                stale += 1
                 continue
             ipr.rule("del", family=socket.AF_INET6, priority=cur.priority, table=cur.table,
                      fwmark=cur.fwmark, fwmask=cur.fwmask)
@@ -94,7 +109,7 @@ class NodeRouting:
             ipr.rule("add", family=socket.AF_INET6, fwmark=rule.mark, fwmask=rule.mark, table=rule.table,
                      priority=rule.priority, protocol=ROUTE_PROTO)
             changes += 1
-        return changes
+        return changes, stale
 
 
 def _family(route: Route) -> int:

@@ -37,19 +37,21 @@ class JoolInstances:
     def _ensure(self, jool: JoolClient, config: JoolConfig) -> int:
         name = config.instance
         changes = 0
-        if jool.instance_exists(name):
-            pool6 = jool.global_list(name).get("pool6")
-            if pool6 != config.pool6:
-                # pool6 is fixed for a NAT64 instance's life: replace it.
-                self._log.warning("jool instance has another pool6, recreating", instance=name,
-                                  found=str(pool6), wanted=str(config.pool6))
-                jool.instance_remove(name)
-                jool.instance_add(name, config.pool6)
-                changes += 1
-        else:
+        # Globals as Jool has them, read once: pool4 changes leave them alone.
+        current = jool.global_list(name) if jool.instance_exists(name) else None
+        if current is not None and current.get("pool6") != config.pool6:
+            # pool6 is fixed for a NAT64 instance's life: replace it.
+            self._log.warning("jool instance has another pool6, recreating", instance=name,
+                              found=str(current.get("pool6")), wanted=str(config.pool6))
+            jool.instance_remove(name)
+            current = None
+        new = current is None
+        if new:
             jool.instance_add(name, config.pool6)
             changes += 1
-        pool4 = pool4_changes(config.pool4, jool.pool4_list(name))
+        # A new instance's pool4 is empty (Jool 4.1.9 src/mod/common/xlator.c:320 gives
+        # it the empty trees of src/mod/common/db/pool4/db.c:263-276): nothing to read back.
+        pool4 = pool4_changes(config.pool4, () if new else jool.pool4_list(name))
         for entry in pool4.removals:
             jool.pool4_remove(name, entry)
             changes += 1
@@ -58,7 +60,8 @@ class JoolInstances:
             # ephemeral port range is harmless.
             jool.pool4_add(name, entry, force=True)
             changes += 1
-        current = jool.global_list(name)
+        if current is None:
+            current = jool.global_list(name)
         diff = {k: v for k, v in config.globals.items() if current.get(k) != v}
         if diff:
             jool.global_update(name, diff)

@@ -9,6 +9,7 @@ already right.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import threading
@@ -16,9 +17,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from pyroute2 import IPRoute
-from pyroute2.ethtool import Ethtool
+from pyroute2.netlink.exceptions import NetlinkError
 
 from felix_nat64.drivers.discovery import FoundTranslator
+from felix_nat64.drivers.netns import offloads
 from felix_nat64.drivers.netns.executor import NamespaceExecutor, netns_path
 from felix_nat64.drivers.netns.namespaces import (
     create_namespace,
@@ -40,8 +42,19 @@ IPAddr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 def _lookup(ipr: IPRoute, name: str) -> int | None:
-    indexes = ipr.link_lookup(ifname=name)
-    return indexes[0] if indexes else None
+    link = _get_link(ipr, name)
+    return None if link is None else int(link["index"])
+
+
+def _get_link(ipr: IPRoute, name: str) -> Any | None:
+    """The link called `name` (one request: its message serves every later
+    check of the same link), or None."""
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
 
 
 class TranslatorLinks:
@@ -59,7 +72,10 @@ class TranslatorLinks:
         """Makes translator `t`'s namespace and link right; returns changes made."""
         log = self._log.bind(translator=t.namespace)
         changes = 0
-        if not namespace_exists(t.namespace):
+        # A namespace made here holds nothing but lo and, once made, the
+        # link's new half: its contents need not be read back.
+        fresh = not namespace_exists(t.namespace)
+        if fresh:
             if namespace_entry_exists(t.namespace):
                 remove_namespace(t.namespace)  # the file of an interrupted creation
                 log.info("unmounted namespace file removed")
@@ -72,53 +88,55 @@ class TranslatorLinks:
         with IPRoute() as node, NamespaceExecutor(t.namespace) as worker:
             inner: IPRoute = worker.call(IPRoute)
             try:
-                node_idx, inner_idx, created = self._pair(node, worker, inner, t)
+                node_link, inner_link, created = self._pair(node, worker, inner, t, fresh)
                 changes += created
                 if created:
                     log.info("link created", node_link=t.node_link)
-                changes += self._converge_link(node, node_idx, mtu, link_alias(t.parent))
-                changes += worker.call(self._converge_inner, inner, inner_idx, t, mtu)
-                changes += self._converge_addrs(node, node_idx, [t.link_node_addr, NODE_LINK_LL])
+                changes += self._converge_link(node, node_link, mtu, link_alias(t.parent))
+                changes += worker.call(self._converge_inner, inner, inner_link, t, mtu, fresh)
+                changes += self._converge_addrs(node, node_link["index"], [t.link_node_addr, NODE_LINK_LL],
+                                                new=bool(created))
                 changes += self._node_side_settings(t.node_link)
                 changes += worker.call(self._inner_settings)
             finally:
                 worker.call(inner.close)
         return changes
 
-    def _converge_inner(self, inner: IPRoute, index: int, t: Translator, mtu: int) -> int:
-        changes = self._converge_link(inner, index, mtu, None)
-        lo = _lookup(inner, "lo")
-        if lo is not None and not inner.link("get", index=lo)[0]["flags"] & 1:
-            inner.link("set", index=lo, state="up")
+    def _converge_inner(self, inner: IPRoute, link: Any, t: Translator, mtu: int, fresh: bool) -> int:
+        changes = self._converge_link(inner, link, mtu, None)
+        lo = _get_link(inner, "lo")
+        if lo is not None and not lo["flags"] & 1:
+            inner.link("set", index=lo["index"], state="up")
             changes += 1
-        changes += self._converge_addrs(inner, index, [t.link_ns_addr, NS_LINK_LL])
-        return changes + self._converge_routes(inner, index, translator_routes(t))
+        changes += self._converge_addrs(inner, link["index"], [t.link_ns_addr, NS_LINK_LL], new=fresh)
+        return changes + self._converge_routes(inner, link["index"], translator_routes(t), new=fresh)
 
     @staticmethod
-    def _pair(node: IPRoute, worker: NamespaceExecutor, inner: IPRoute,
-              t: Translator) -> tuple[int, int, int]:
-        node_idx = _lookup(node, t.node_link)
-        inner_idx = worker.call(_lookup, inner, NS_LINK_NAME)
-        if node_idx is not None and inner_idx is not None:
-            peer = worker.call(lambda: inner.link("get", index=inner_idx)[0].get("link"))
-            if peer == node_idx:
-                return node_idx, inner_idx, 0
+    def _pair(node: IPRoute, worker: NamespaceExecutor, inner: IPRoute, t: Translator,
+              fresh: bool) -> tuple[Any, Any, int]:
+        """Both halves of the veth pair as the kernel has them, and 1 if it
+        had to be (re)built."""
+        node_link = _get_link(node, t.node_link)
+        inner_link = None if fresh else worker.call(_get_link, inner, NS_LINK_NAME)
+        if node_link is not None and inner_link is not None and inner_link.get("link") == node_link["index"]:
+            return node_link, inner_link, 0
         # Missing or mismatched halves: rebuild the pair from scratch.
-        if node_idx is not None:
-            node.link("del", index=node_idx)
-        if inner_idx is not None:
-            worker.call(lambda: inner.link("del", index=inner_idx))
+        if node_link is not None:
+            node.link("del", index=node_link["index"])
+        if inner_link is not None:
+            stale = inner_link["index"]
+            worker.call(lambda: inner.link("del", index=stale))
         node.link("add", ifname=t.node_link, kind="veth",
                   peer={"ifname": NS_LINK_NAME, "net_ns_fd": netns_path(t.namespace)})
-        node_idx = _lookup(node, t.node_link)
-        inner_idx = worker.call(_lookup, inner, NS_LINK_NAME)
-        if node_idx is None or inner_idx is None:
+        node_link = _get_link(node, t.node_link)
+        inner_link = worker.call(_get_link, inner, NS_LINK_NAME)
+        if node_link is None or inner_link is None:
             raise RuntimeError(f"veth pair {t.node_link}/{NS_LINK_NAME} missing right after creation")
-        return node_idx, inner_idx, 1
+        return node_link, inner_link, 1
 
     @staticmethod
-    def _converge_link(ipr: IPRoute, index: int, mtu: int, alias: str | None) -> int:
-        link = ipr.link("get", index=index)[0]
+    def _converge_link(ipr: IPRoute, link: Any, mtu: int, alias: str | None) -> int:
+        """Sets what differs on `link`, a message read in this same ensure."""
         wanted: dict[str, Any] = {}
         if link.get("mtu") != mtu:
             wanted["mtu"] = mtu
@@ -127,16 +145,17 @@ class TranslatorLinks:
         if not link["flags"] & 1:  # IFF_UP
             wanted["state"] = "up"
         if wanted:
-            ipr.link("set", index=index, **wanted)
+            ipr.link("set", index=link["index"], **wanted)
             return 1
         return 0
 
     @staticmethod
-    def _converge_addrs(ipr: IPRoute, index: int, wanted: Iterable[IPAddr]) -> int:
+    def _converge_addrs(ipr: IPRoute, index: int, wanted: Iterable[IPAddr], *, new: bool = False) -> int:
+        """The link's addresses; a `new` link has none to read back."""
         want = set(wanted)
         have: set[IPAddr] = set()
         changes = 0
-        for addr in ipr.addr("dump", index=index):
+        for addr in () if new else ipr.addr("dump", index=index):
             iface = ipaddress.ip_interface((addr.get("address"), addr["prefixlen"]))
             if iface in want:
                 have.add(iface)
@@ -151,11 +170,12 @@ class TranslatorLinks:
         return changes
 
     @staticmethod
-    def _converge_routes(ipr: IPRoute, index: int, routes: Iterable[Route]) -> int:
+    def _converge_routes(ipr: IPRoute, index: int, routes: Iterable[Route], *, new: bool = False) -> int:
+        """Routes inside the namespace; a `new` namespace has none to read back."""
         changes = 0
         for route in routes:
             family = socket.AF_INET6 if route.dst.version == 6 else socket.AF_INET
-            current = [r for r in ipr.route("dump", family=family, table=route.table)
+            current = [] if new else [r for r in ipr.route("dump", family=family, table=route.table)
                        if r["dst_len"] == route.dst.prefixlen
                        and (r.get("dst") or str(route.dst.network_address)) == str(route.dst.network_address)]
             if any(r.get("gateway") == str(route.gateway) and r.get("oif") == index for r in current):
@@ -205,17 +225,7 @@ class TranslatorLinks:
 
 def _offloads_off(ifname: str) -> int:
     """Turns receive offloads off on a link in the calling thread's namespace."""
-    with Ethtool() as ethtool:
-        features = ethtool.get_features(ifname)
-        changed = False
-        for name in OFFLOADS_OFF:
-            feature = features.features.get(name)
-            if feature is not None and feature.enable and feature.available:
-                feature.enable = False
-                changed = True
-        if changed:
-            ethtool.set_features(ifname, features)
-    return 1 if changed else 0
+    return 1 if offloads.turn_off(ifname, OFFLOADS_OFF) else 0
 
 
 def forwarding_problems() -> list[str]:
