@@ -366,6 +366,17 @@ class TestTranslatorLinks:
                                  capture_output=True, text=True, check=True).stdout
         assert "generic-receive-offload: off" in ethtool
 
+        # Receive offloads turned on behind our back, on either half, are turned off again.
+        halves = ((node.name, t.node_link), (t.namespace, "fn64-node"))
+        for ns, dev in halves:
+            subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", "on",
+                            "rx-gro-list", "on"], capture_output=True, check=True)
+        assert node.call(lambda: TranslatorLinks().ensure(t, 1450)) == 2
+        for ns, dev in halves:
+            shown = subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-k", dev],
+                                   capture_output=True, text=True, check=True).stdout
+            assert "generic-receive-offload: off" in shown and "rx-gro-list: off" in shown
+
         found = node.call(discover)
         assert [(f.parent, f.block) for f in found] == [(t.parent, t.block)]
 
