@@ -770,6 +770,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.only_busy:  # the busy node has a file of its own
             write_json(args.json, result)
 
+    if not (args.skip_datapath or args.only_busy):
+        # Before the first phase rewrites it: the report sets the last
+        # run's figures beside the new ones.
+        keep_previous(args.json)
     if args.merge and os.path.exists(args.json):
         with open(args.json) as handle:
             kept = json.load(handle)
@@ -806,7 +810,6 @@ def main(argv: list[str] | None = None) -> int:
         log(f"bed ready: {json.dumps(result['conditions']['kernel'])}")
         if not args.skip_datapath:
             def datapath() -> None:
-                keep_previous(args.json)
                 result["datapath"] = interleaved(bed, tests, [(p, p) for p in PATHS], args.rounds)
                 result["stats_sample"] = stats_sample_cost()
                 log(f"one metrics sample: {result['stats_sample']}")
@@ -832,15 +835,16 @@ def previous_path(path: str) -> str:
 
 
 def keep_previous(path: str) -> None:
-    """Keeps the last run's data path figures beside the new ones: the report
-    shows both ratios. A run without data path figures replaces nothing."""
+    """Keeps the last run's data path and control plane figures beside the
+    new ones: the report shows both. A run without data path figures
+    replaces nothing."""
     try:
         with open(path) as handle:
             last = json.load(handle)
     except (OSError, ValueError):
         return
     if last.get("datapath"):
-        kept = {"conditions": last.get("conditions", {}), "datapath": last["datapath"]}
+        kept = {k: last[k] for k in ("conditions", "datapath", "control", "scaling") if k in last}
         write_json(previous_path(path), kept)
 
 

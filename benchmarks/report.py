@@ -17,7 +17,7 @@ import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 DATAPATH_JSON = "docs/bench/datapath.json"
@@ -329,6 +329,24 @@ def datapath_table(rows: Sequence[Row], markdown: bool = False, previous: Sequen
     return table([*headers, "Target", "Met"], body, markdown)
 
 
+def with_previous(figures: Sequence[Figure], previous: Mapping[str, Any] | None,
+                  frontend: Mapping[str, Any] | None = None) -> list[Figure]:
+    """The figures, each with the previous run's value of the same figure in its detail."""
+    if not previous or not (previous.get("control") or previous.get("scaling")):
+        return list(figures)
+    before = {f.label: f for f in control_figures(previous, frontend)}
+    out = []
+    for f in figures:
+        old = before.get(f.label)
+        if old is not None and old.unit == f.unit and not math.isnan(old.value) and f.label.startswith(
+                ("InSync", "Settings", "Driver RSS", "Apply", "No-op", "Cold apply")):
+            detail = "; ".join(x for x in (f.detail, f"previous run {_fmt(old.value)} {old.unit}") if x)
+            out.append(replace(f, detail=detail))
+        else:
+            out.append(f)
+    return out
+
+
 def figures_table(figures: Sequence[Figure], markdown: bool = False) -> str:
     body = [[f.label, f"{_fmt(f.value)} {f.unit}", f.target, _mark(f.met), f.detail] for f in figures]
     return table(["Figure", "Result", "Target", "Met", "Detail"], body, markdown)
@@ -628,7 +646,10 @@ def generated_section(result: Mapping[str, Any], frontend: Mapping[str, Any] | N
                   f"taken per round, then its median and range{was}):", "",
                   datapath_table(summary.rows, True, before), ""]
     if summary.figures:
-        lines += ["Control plane and footprint:", "", figures_table(summary.figures, True), ""]
+        figures = with_previous(summary.figures, previous, frontend)
+        was = f" (\"previous run\": the run of {previous['conditions'].get('date', '?')})" \
+            if previous and figures != summary.figures else ""
+        lines += [f"Control plane and footprint{was}:", "", figures_table(figures, True), ""]
     if result.get("scaling"):
         lines += ["Apply time as the state grows (one apply each; resync and change: median of the "
                   "repetitions):", "", scaling_table(result["scaling"], True), ""]

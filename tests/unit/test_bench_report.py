@@ -201,3 +201,16 @@ def test_previous_run_ratios_sit_beside_the_new_ones() -> None:
     text = report.datapath_table(now, True, before)
     assert "| Previous run |" in text.splitlines()[0]
     assert "| 0.80 (0.80-0.80) | 0.70 (0.70-0.70) |" in text
+
+
+def test_control_figures_carry_the_previous_runs_value() -> None:
+    def result(*insync: float) -> dict[str, object]:
+        return {"conditions": {"date": "then"},
+                "control": {"insync_to_working": [{"to_working_s": s} for s in insync]}}
+
+    now = report.control_figures(result(1.0, 1.1, 1.2), None)
+    shown = {f.label: f for f in report.with_previous(now, result(1.6, 1.8, 2.1))}
+    p95 = shown["InSync -> working data path (cold node), p95"]
+    assert p95.value == 1.2 and p95.detail.endswith("previous run 2.10 s")
+    assert report.with_previous(now, None) == now
+    assert report.with_previous(now, {"conditions": {}, "datapath": {}}) == now
