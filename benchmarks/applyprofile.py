@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -148,7 +149,20 @@ def profile(prefixes: int, reps: int, parallelism: int) -> dict[str, Any]:
                              "steps": timers.take()})
                 print(f"{kind}: {total:.3f}s, {changes} changes", flush=True)
     cleanup_kernel()
-    return {"prefixes": prefixes, "parallelism": parallelism, "runs": runs}
+    return {"conditions": {"date": time.strftime("%Y-%m-%d %H:%M"), "commit": _commit()},
+            "prefixes": prefixes, "parallelism": parallelism, "runs": runs}
+
+
+def _commit() -> str:
+    """The checkout's commit (and whether it had changes), to tell runs apart."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return head + (" with uncommitted changes" if dirty else "")
 
 
 def render(result: dict[str, Any]) -> str:
