@@ -777,7 +777,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge and os.path.exists(args.json):
         with open(args.json) as handle:
             kept = json.load(handle)
-        result = {**kept, "conditions": {**kept.get("conditions", {}), **result["conditions"]}}
+        result = {**kept, "conditions": {**kept.get("conditions", {}), **result["conditions"],
+                                         "merged_from": kept.get("conditions", {}).get("date", "?")}}
         result.pop("errors", None)
     with bed_up() as bed:
         if not (args.skip_control or args.only_busy):

@@ -639,6 +639,9 @@ def generated_section(result: Mapping[str, Any], frontend: Mapping[str, Any] | N
              f"{c.get('rounds')} interleaved rounds of every data path test, {c.get('seconds')} s per "
              f"bulk run; {c.get('reps')} repetitions of each control plane figure; "
              f"{c.get('wall_seconds', '?')} s in all.", ""]
+    if c.get("merged_from"):
+        lines[0] = lines[0].rstrip(".") + (f"; only the control plane was measured again in this run, "
+                                           f"the rest is from the run of {c['merged_from']}.")
     if summary.rows:
         was = f"; \"Previous run\" is the ratio of the run of {previous['conditions'].get('date', '?')}" \
             if before and previous else ""
