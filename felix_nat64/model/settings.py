@@ -299,8 +299,10 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("NAT64Enabled", "enabled", v.parse_bool,
                 "Turns NAT64 off (false) without removing the prefixes.", "false"),
     SettingSpec("NAT64SNATAddress", "snat_address", v.parse_ipv4_address,
-                "IPv4 source address for translated traffic. Unset: masquerade to the "
-                "address of the interface the traffic leaves by.", "192.0.2.10"),
+                "IPv4 source address for translated traffic: one of this node's own, so set "
+                "it per node (FelixConfiguration node.<name>), never globally, or every node's "
+                "replies go to one node. Unset: masquerade to the address of the interface "
+                "the traffic leaves by.", "192.0.2.10"),
     SettingSpec("NAT64SourceCIDRs", "source_cidrs", _source_cidrs,
                 "IPv6 sources allowed to use NAT64. Unset: every IPv6 IP pool (minus pools "
                 "inside a NAT64 prefix).", "fd00:10:244::/56"),
