@@ -4,8 +4,8 @@ Three ioctls read a link's features (their names, then their state) and one
 turns those wanted off; pyroute2's Ethtool reads much more than that on
 every call, which under emulation cost about 40 ms per link. The structures
 and command numbers are the kernel's uapi (include/uapi/linux/ethtool.h of
-Linux 6.1, installed as /usr/include/linux/ethtool.h by Debian's
-linux-libc-dev 6.1.192: `ethtool_gstrings` line 794, `ethtool_sset_info`
+Linux 6.1, as Debian's linux-libc-dev 6.1.192 ships it as linux/ethtool.h:
+`ethtool_gstrings` line 794, `ethtool_sset_info`
 819, `ethtool_gfeatures` 1361, `ethtool_sfeatures` 1383, ETH_SS_FEATURES
 692, the commands 1570-1604). The ioctl acts in the network namespace of
 the socket, so call this from a thread inside the link's namespace.
