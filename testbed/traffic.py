@@ -758,6 +758,58 @@ def ping(
     return PingResult(received == asked, sent, received, tuple(rtts), tuple(errors), mtu)
 
 
+@dataclass(frozen=True)
+class Hop:
+    """One probe of a traceroute: who answered (None: nobody) and how."""
+
+    hop_limit: int
+    source: IPAddress | None
+    answer: str  # "time exceeded", "reply", another ICMP error's name, or "" (silence)
+
+
+def traceroute(
+    netns: str | None, dst: IPAddress | str, *, max_hops: int = 8, reply_timeout: float = 2.0
+) -> tuple[Hop, ...]:
+    """ICMP echo requests with hop limits (TTLs) 1, 2, ... up to ``max_hops``, one at
+    a time, until ``dst`` replies: who answered each (like ``traceroute -I``)."""
+    target = _addr(dst)
+    v6 = target.version == 6
+    ident = secrets.randbelow(0xFFFF) + 1
+    hops: list[Hop] = []
+    with socket_in_netns(netns, _family(target), socket.SOCK_RAW,
+                         socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP) as sock:
+        for limit in range(1, max_hops + 1):
+            if v6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, limit)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, limit)
+            header = struct.pack("!BBHHH", _ICMP6_ECHO_REQUEST if v6 else _ICMP_ECHO_REQUEST, 0, 0, ident,
+                                 limit)
+            payload = _FILLER[:32]
+            message = header + payload
+            if not v6:
+                message = header[:2] + struct.pack("!H", _checksum(message)) + header[4:] + payload
+            sock.sendto(message, (str(target), 0))
+            hop = Hop(limit, None, "")
+            deadline = time.monotonic() + reply_timeout
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                try:
+                    packet, src = sock.recvfrom(65535)
+                except TimeoutError:
+                    break
+                source = _seen(src[0])
+                kind, seq, text, _ = _match_icmp(packet, v6, ident, source.compressed, target.compressed)
+                if seq != limit or kind is None:
+                    continue
+                hop = Hop(limit, source, "reply" if kind == "reply" else text.split(" (code")[0])
+                break
+            hops.append(hop)
+            if hop.answer == "reply":
+                break
+    return tuple(hops)
+
+
 # --- a long-lived connection -------------------------------------------------------
 
 

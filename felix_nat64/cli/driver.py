@@ -9,12 +9,13 @@ and that one adopts the kernel state, so established NAT64 sessions survive.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from felix_nat64 import logs
@@ -22,6 +23,7 @@ from felix_nat64.cli import exitcodes
 from felix_nat64.cli.errors import CliError
 from felix_nat64.dataplane.loop import DataplaneLoop, StreamEnd
 from felix_nat64.dataplane.managers import FelixView
+from felix_nat64.dataplane.pool4watch import Pool4Pressure, Pool4Watch
 from felix_nat64.drivers.api import Dataplane
 from felix_nat64.model.settings import Settings
 from felix_nat64.model.workloads import WorkloadIndex
@@ -67,7 +69,8 @@ class Driver:
     """Wires the reader, the loop, the kernel dataplane and the observers."""
 
     def __init__(self, dataplane: Dataplane, status_file: str | None,
-                 sampler: Sampler | None = None, census: CensusWalk | None = None) -> None:
+                 sampler: Sampler | None = None, census: CensusWalk | None = None,
+                 watch_pool4: bool = False) -> None:
         self.status = StatusBoard()
         self.events: queue.Queue[Any] = queue.Queue()
         self._status_file = status_file
@@ -80,6 +83,8 @@ class Driver:
         self.apply_times = ApplyTimes()
         self.poller: StatsPoller | None = None
         self.census: CensusTaker | None = None
+        self.pool4_watch: Pool4Watch | None = None
+        self._watch_pool4 = watch_pool4
         self.health: HealthServer | None = None
         # The pods Felix has told us of, as last published (read by the census thread).
         self.workloads = WorkloadIndex()
@@ -142,6 +147,9 @@ class Driver:
             self.census = CensusTaker(self._census, lambda: self.workloads, settings.resync_interval,
                                       on_census=lambda census: self.status.update(census=census))
             self.census.start()
+        if self._watch_pool4:
+            self.pool4_watch = build_pool4_watch(self.loop.translators, self.events.put)
+            self.pool4_watch.start()
         if settings.metrics_port == 0:
             return
         poller = self.poller
@@ -185,6 +193,14 @@ def build_census() -> CensusWalk:
     return take_census
 
 
+def build_pool4_watch(translators: Callable[[], Mapping[ipaddress.IPv6Network, str]],
+                      post: Callable[[Pool4Pressure], None]) -> Pool4Watch:
+    from felix_nat64.drivers.jool import occupancy  # noqa: PLC0415
+
+    return Pool4Watch(translators, post, occupancy.allocation_failures, occupancy.pool4_fill,
+                      occupancy.FAILURE_COUNTERS)
+
+
 def build_dataplane(mtu_file: str | None) -> Dataplane:
     # Imported here so read-only commands (render, stream) work on machines
     # without Debian's python3-nftables or the kernel modules.
@@ -205,7 +221,8 @@ def _install_signal_handlers(driver: Driver) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logs.configure()
-    driver = Driver(build_dataplane(args.mtu_file), args.status_file, build_sampler(), build_census())
+    driver = Driver(build_dataplane(args.mtu_file), args.status_file, build_sampler(), build_census(),
+                    watch_pool4=True)
     _install_signal_handlers(driver)
     if args.socket:
         return _run_socket(driver, args.socket)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from felix_nat64.dataplane.managers import FelixView
-from felix_nat64.model.desired import CapacityError, build_desired, unsupported_dataplane
+from felix_nat64.model.desired import DesiredStateError, build_desired, unsupported_dataplane
 from felix_nat64.model.state import DesiredState, Inputs
 from felix_nat64.wire import messages as m
 from felix_nat64.wire.transport import StreamCounters, pump
@@ -45,7 +45,7 @@ class FoldedStream:
             return None, refusal
         try:
             return build_desired(inputs), ""
-        except CapacityError as exc:
+        except DesiredStateError as exc:
             return None, str(exc)
 
 

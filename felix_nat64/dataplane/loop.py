@@ -12,12 +12,13 @@ import ipaddress
 import queue
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from felix_nat64.dataplane.managers import FelixView
+from felix_nat64.dataplane.pool4watch import Pool4Pressure
 from felix_nat64.drivers.api import Dataplane, DataplaneError
 from felix_nat64.logs import EventLogger
-from felix_nat64.model.desired import CapacityError, build_desired, unsupported_dataplane
+from felix_nat64.model.desired import DesiredStateError, build_desired, unsupported_dataplane
 from felix_nat64.model.state import DesiredState
 from felix_nat64.observe.status import ApplyRecord, StatusBoard
 from felix_nat64.wire import messages as m
@@ -39,7 +40,7 @@ class LoopOptions:
     default_resync_interval: float = 30.0
 
 
-Event = m.FelixMessage | m.Undecodable | StreamEnd
+Event = m.FelixMessage | m.Undecodable | StreamEnd | Pool4Pressure
 MAX_IDLE_SECONDS = 10.0
 
 
@@ -79,6 +80,8 @@ class DataplaneLoop:
         self._resync_at: float | None = None
         self._warned: tuple[str, ...] = ()
         self._unsupported = ""
+        self._kernel_warned: tuple[str, ...] = ()
+        self._exhausted: frozenset[tuple[ipaddress.IPv6Network, str]] = frozenset()
         self.recalculations = 0
 
     # -- event handling -----------------------------------------------------
@@ -123,10 +126,15 @@ class DataplaneLoop:
                 break
         return None
 
-    def handle(self, event: m.FelixMessage | m.Undecodable) -> None:
+    def handle(self, event: m.FelixMessage | m.Undecodable | Pool4Pressure) -> None:
         """Folds one event into the view (no kernel work)."""
         if isinstance(event, m.Undecodable):
             return  # counted and logged by the reader
+        if isinstance(event, Pool4Pressure):
+            if event.exhausted != self._exhausted:
+                self._exhausted = event.exhausted
+                self._dirty = True
+            return
         was_in_sync = self.view.in_sync
         if self.view.on_message(event):
             self._dirty = True
@@ -180,10 +188,11 @@ class DataplaneLoop:
             return None  # not even read: nothing of ours could work on this node
         inputs = self.view.inputs(self._known_blocks())
         assert inputs is not None
+        inputs = replace(inputs, exhausted=self._exhausted)
         self.recalculations += 1
         try:
             desired = build_desired(inputs)
-        except CapacityError as exc:
+        except DesiredStateError as exc:
             self._log.error("desired state impossible", reason=str(exc))
             self._status.update(desired_error=str(exc))
             self._publish()
@@ -194,6 +203,8 @@ class DataplaneLoop:
                     self._log.warning("configuration warning", detail=warning)
             self._warned = desired.warnings
         self._status.set_desired(desired)
+        if self._kernel_warned:
+            self._status.update(warnings=desired.warnings + self._kernel_warned)
         return desired
 
     def _refuse_unsupported(self, reason: str) -> bool:
@@ -238,6 +249,7 @@ class DataplaneLoop:
             self._publish()
             return
         duration = self._clock() - start
+        self._dataplane_warnings(desired, outcome.warnings)
         first = self._applied is None
         # Changes found by a resync of an unchanged desired state are drift:
         # somebody else altered our objects.
@@ -260,6 +272,15 @@ class DataplaneLoop:
         self._on_apply(record)
         self._publish()
 
+    def _dataplane_warnings(self, desired: DesiredState, warnings: tuple[str, ...]) -> None:
+        """Shows what the kernel could not do as wished beside the desired
+        state's own warnings; each is logged once while it lasts."""
+        for warning in warnings:
+            if warning not in self._kernel_warned:
+                self._log.warning("dataplane warning", detail=warning)
+        self._kernel_warned = warnings
+        self._status.update(warnings=desired.warnings + warnings)
+
     def new_session(self) -> None:
         """Forgets what the last Felix said; the kernel keeps its state until
         the next Felix's InSync (like a driver restart, without the restart)."""
@@ -269,6 +290,11 @@ class DataplaneLoop:
         self._resync_at = None
         self._status.set_in_sync(None)
         self._publish()
+
+    def translators(self) -> dict[ipaddress.IPv6Network, str]:
+        """/96 -> namespace of the translators last applied (read by other threads)."""
+        applied = self._applied
+        return {t.parent: t.namespace for t in applied.translators} if applied else {}
 
     @property
     def applied(self) -> DesiredState | None:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from felix_nat64.logs import EventLogger
 from felix_nat64.model.settings import Settings, SettingsResult, resolve_settings
-from felix_nat64.model.state import Host, Inputs, Pool
+from felix_nat64.model.state import Host, Inputs, Pool, TunnelAddress
 from felix_nat64.model.workloads import (
     MAX_ENDPOINTS,
     MAX_NETS_PER_ENDPOINT,
@@ -177,6 +177,33 @@ class EndpointManager:
         return WorkloadIndex.build(self.endpoints.values(), self.dropped)
 
 
+class NetworkManager:
+    """Other nodes' tunnel addresses and the cluster's service CIDRs."""
+
+    def __init__(self) -> None:
+        self.tunnels: dict[tuple[str, str], tuple[ipaddress.IPv4Address, ...]] = {}
+        self.service_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def on_tunnel(self, msg: m.TunnelUpdate) -> bool:
+        key = (msg.hostname, msg.kind)
+        if self.tunnels.get(key) == msg.addresses:
+            return False
+        self.tunnels[key] = msg.addresses
+        return True
+
+    def on_tunnel_remove(self, msg: m.TunnelRemove) -> bool:
+        return self.tunnels.pop((msg.hostname, msg.kind), None) is not None
+
+    def on_services(self, msg: m.ServiceCidrs) -> bool:
+        changed = msg.cidrs != self.service_cidrs
+        self.service_cidrs = msg.cidrs
+        return changed
+
+    def tunnel_addresses(self) -> tuple[TunnelAddress, ...]:
+        return tuple(sorted({TunnelAddress(host, kind, addr)
+                             for (host, kind), addrs in self.tunnels.items() for addr in addrs}))
+
+
 class FelixView:
     """Everything Felix has told this driver, folded from its messages."""
 
@@ -185,6 +212,7 @@ class FelixView:
         self.pools = PoolManager()
         self.hosts = HostManager()
         self.endpoints = EndpointManager()
+        self.network = NetworkManager()
         self.in_sync = False
         self.config_seen = False
 
@@ -213,6 +241,12 @@ class FelixView:
             return self.hosts.on_update(msg)
         if isinstance(msg, m.HostRemove):
             return self.hosts.on_remove(msg)
+        if isinstance(msg, m.TunnelUpdate):
+            return self.network.on_tunnel(msg)
+        if isinstance(msg, m.TunnelRemove):
+            return self.network.on_tunnel_remove(msg)
+        if isinstance(msg, m.ServiceCidrs):
+            return self.network.on_services(msg)
         return False
 
     def inputs(self, previous_blocks: Mapping[ipaddress.IPv6Network, ipaddress.IPv4Network]) -> Inputs | None:
@@ -224,6 +258,8 @@ class FelixView:
             settings=settings,
             pools=tuple(sorted(self.pools.pools.values(), key=lambda p: p.pool_id)),
             hosts=tuple(sorted(self.hosts.hosts.values(), key=lambda h: h.hostname)),
+            tunnels=self.network.tunnel_addresses(),
+            service_cidrs=tuple(sorted(self.network.service_cidrs, key=str)),
             previous_blocks=dict(previous_blocks),
         )
 

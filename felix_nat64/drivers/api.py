@@ -16,9 +16,11 @@ from felix_nat64.model.state import DesiredState
 
 @dataclass(frozen=True)
 class ApplyOutcome:
-    """What an apply changed in the kernel (0 when it was already right)."""
+    """What an apply changed in the kernel (0 when it was already right), and
+    what the kernel could not do as wished (shown in status and logs)."""
 
     changes: int = 0
+    warnings: tuple[str, ...] = ()
 
 
 class DataplaneError(Exception):

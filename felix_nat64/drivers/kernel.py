@@ -6,7 +6,8 @@ then the nftables table that starts steering pods into them. On the way
 down the reverse: the table stops steering, then routes and rule go, then
 the translators. A change does both: new objects come up in the first order
 and old ones go in the second, so a prefix being removed loses its steering
-before its route, and its route before its translator.
+before its route, and its route before its translator. Last, the node's
+conntrack entries of pool4 blocks no longer in use are deleted.
 
 Translators of different namespaces are independent: each converges on its
 own (one thread in its namespace for links and sysctls, one for Jool), a
@@ -29,6 +30,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from felix_nat64.drivers import discovery
 from felix_nat64.drivers.api import ApplyOutcome, DataplaneError
+from felix_nat64.drivers.conntrack import forget_blocks
 from felix_nat64.drivers.discovery import FoundTranslator
 from felix_nat64.drivers.netns.errors import describe
 from felix_nat64.drivers.netns.links import TranslatorLinks, forwarding_problems
@@ -43,6 +45,11 @@ DEFAULT_MTU_FILE = "/var/lib/calico/mtu"
 # runs one thread at a time: measured in the test VM (2 vCPUs), 2, 4 or 8 at
 # once made a 16-translator apply slower, not faster.
 DEFAULT_PARALLELISM = 1
+CT_TIMEOUTS_MISSING = (
+    "this kernel has no nftables conntrack timeout objects (CONFIG_NF_CONNTRACK_TIMEOUT, nft_ct): "
+    "NAT64 flows keep conntrack's own timeouts (UDP 30 s after one exchange), shorter than the NAT64 "
+    "session timeouts, so a mapping idle that long may change its public port"
+)
 T = TypeVar("T")
 X = TypeVar("X")
 
@@ -74,6 +81,8 @@ class TableDriver(Protocol):
 
     def apply(self, desired: Ruleset | None) -> int: ...
 
+    def ct_timeouts_supported(self) -> bool: ...
+
 
 def pod_network_mtu(path: str = DEFAULT_MTU_FILE) -> int | None:
     """The MTU Felix computed for pod interfaces (it writes it for the CNI plugin)."""
@@ -83,6 +92,16 @@ def pod_network_mtu(path: str = DEFAULT_MTU_FILE) -> int | None:
     except (OSError, ValueError):
         return None
     return value if 1280 <= value <= 65535 else None
+
+
+def mtu_warnings(nat64_mtu: int | None, pod_mtu: int | None) -> list[str]:
+    """A warning when NAT64MTU is larger than the pod MTU Felix reports."""
+    if nat64_mtu is None or pod_mtu is None or nat64_mtu <= pod_mtu:
+        return []
+    return [f"NAT64MTU {nat64_mtu} exceeds the pod network MTU {pod_mtu} that Felix reports: translated "
+            f"packets over {pod_mtu} bytes make the node send Packet Too Big, which felix-nat64 steers "
+            "back through the translator, so the IPv4 sender learns the smaller MTU at the cost of a "
+            f"round trip; set NAT64MTU to {pod_mtu} or less, or leave it unset"]
 
 
 class KernelDataplane:
@@ -112,17 +131,24 @@ class KernelDataplane:
 
     def apply(self, desired: DesiredState) -> ApplyOutcome:
         changes = 0
+        warnings: list[str] = []
+        blocks_before = {f.block for f in self._step("translator discovery", self._find) if f.block}
         if desired.active:
             problems = self._step("forwarding check", self._check_forwarding)
             if problems:
                 raise DataplaneError("; ".join(problems))
             mtu = self.mtu_for(desired)
+            warnings += mtu_warnings(desired.mtu, pod_network_mtu(self._mtu_file))
             rule = RuleSpec(desired.firewall_mark, desired.routing_table, desired.rule_priority)
             routes = node_routes(desired)
             changes += self._each(desired.translators, lambda t: f"translator {t.namespace}",
                                   lambda t: self._ensure_translator(t, desired, mtu))
             changes += self._step("node routing", self._routing.apply, rule, routes, prune=False)
-            changes += self._step("nftables table", self._nft.apply, render(desired))
+            with_timeouts = self._step("nftables probe", self._nft.ct_timeouts_supported)
+            if not with_timeouts:
+                warnings.append(CT_TIMEOUTS_MISSING)
+            changes += self._step("nftables table", self._nft.apply,
+                                  render(desired, with_ct_timeouts=with_timeouts))
             changes += self._step("node routing", self._routing.apply, rule, routes)
         else:
             changes += self._step("nftables table", self._nft.apply, None)
@@ -130,11 +156,18 @@ class KernelDataplane:
         wanted = {t.tid for t in desired.translators}
         stale = [f for f in self._step("translator discovery", self._find) if f.tid not in wanted]
         changes += self._each(stale, lambda f: f"removing translator {f.tid}", self._remove_translator)
-        return ApplyOutcome(changes)
+        gone = sorted(blocks_before - set(desired.blocks.values()))
+        try:
+            changes += forget_blocks(gone)
+        except (OSError, NetlinkError) as exc:
+            # Not worth failing the apply for: the entries expire on their own.
+            warnings.append(f"could not delete the conntrack entries of removed pool4 blocks "
+                            f"{', '.join(map(str, gone))}: {describe(exc)}; they expire on their own")
+        return ApplyOutcome(changes, tuple(warnings))
 
     def _ensure_translator(self, t: Translator, desired: DesiredState, mtu: int) -> int:
         changes = self._links.ensure(t, mtu)
-        changes += self._jool.ensure(t.namespace, jool_config(t, desired, mtu))
+        changes += self._jool.ensure(t.namespace, jool_config(t, desired))
         return changes
 
     def _remove_translator(self, found: FoundTranslator) -> int:

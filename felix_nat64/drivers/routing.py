@@ -3,7 +3,8 @@
 Pod packets marked by the nftables steering rule look up our own table,
 which routes each NAT64 prefix to its translator's link; each translator's
 pool4 range is routed back to it in the main table, for replies that
-conntrack has de-SNATed. Every route carries our route protocol number, so
+conntrack has de-SNATed. Both end in unreachable catch-alls (see
+`plan.node_routes`). Every route carries our route protocol number, so
 stale ones are found and removed without touching anyone else's.
 """
 
@@ -19,6 +20,9 @@ from felix_nat64.drivers import discovery
 from felix_nat64.drivers.plan import Route
 from felix_nat64.logs import EventLogger
 from felix_nat64.model.ownership import ROUTE_PROTO
+
+RTN_UNICAST = 1
+RTN_UNREACHABLE = 7
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class NodeRouting:
             key = (cur.family, cur.table, cur.dst)
             want = wanted.get(key)
             if want is not None:
-                if cur.gateway == str(want.gateway) and cur.oif == links.get(want.dev):
+                if _matches(cur, want, links):
                     right.add(key)
                 continue  # replaced below
             if not prune:
@@ -80,11 +84,14 @@ class NodeRouting:
         for key, r in wanted.items():
             if key in right:
                 continue
-            oif = links.get(r.dev)
-            if oif is None:
-                raise RuntimeError(f"link {r.dev} for route {r.dst} does not exist")
+            where: dict[str, object] = {"type": RTN_UNREACHABLE}
+            if not r.unreachable:
+                oif = links.get(r.dev)
+                if oif is None:
+                    raise RuntimeError(f"link {r.dev} for route {r.dst} does not exist")
+                where = {"type": RTN_UNICAST, "gateway": str(r.gateway), "oif": oif}
             ipr.route("replace", family=key[0], dst=str(r.dst.network_address), dst_len=r.dst.prefixlen,
-                      gateway=str(r.gateway), oif=oif, table=r.table, proto=ROUTE_PROTO)
+                      table=r.table, proto=ROUTE_PROTO, **where)
             changes += 1
         return changes, stale
 
@@ -110,6 +117,12 @@ class NodeRouting:
                      priority=rule.priority, protocol=ROUTE_PROTO)
             changes += 1
         return changes, stale
+
+
+def _matches(cur: discovery.FoundRoute, want: Route, links: dict[str, int]) -> bool:
+    if want.unreachable:
+        return cur.kind == RTN_UNREACHABLE
+    return cur.kind == RTN_UNICAST and cur.gateway == str(want.gateway) and cur.oif == links.get(str(want.dev))
 
 
 def _family(route: Route) -> int:

@@ -27,8 +27,16 @@ IPv4Net = ipaddress.IPv4Network
 IPv6Net = ipaddress.IPv6Network
 
 
-class CapacityError(ValueError):
+class DesiredStateError(ValueError):
+    """The settings and what Felix reports cannot be programmed together."""
+
+
+class CapacityError(DesiredStateError):
     """More /96 parents than NAT64Pool4CIDR has /28 blocks."""
+
+
+class Pool4OverlapError(DesiredStateError):
+    """NAT64Pool4CIDR overlaps addresses the cluster uses."""
 
 
 def unsupported_dataplane(settings: Settings) -> str:
@@ -49,10 +57,11 @@ def unsupported_dataplane(settings: Settings) -> str:
 
 
 def build_desired(inputs: Inputs) -> DesiredState:
-    """Computes the desired state; raises CapacityError if it cannot exist."""
+    """Computes the desired state; raises DesiredStateError if it cannot exist."""
     s = inputs.settings
     if not s.active:
         return DesiredState()
+    check_pool4(inputs)
     parents = sorted({addressing.parent96(p) for p in s.prefixes})
     blocks = allocate_blocks(parents, s.pool4_cidr, inputs.previous_blocks)
     translators = tuple(
@@ -75,8 +84,28 @@ def build_desired(inputs: Inputs) -> DesiredState:
         firewall_mark=s.firewall_mark,
         routing_table=s.routing_table,
         rule_priority=s.rule_priority,
+        exhausted=tuple(sorted(e for e in inputs.exhausted if e[0] in blocks)),
         warnings=tuple(warnings),
     )
+
+
+def check_pool4(inputs: Inputs) -> None:
+    """Raises Pool4OverlapError when NAT64Pool4CIDR overlaps an IPv4 IP pool,
+    a service CIDR or a node's address: the node routes all of it to its
+    translators (or refuses it), which would cut the node off from those."""
+    pool4 = inputs.settings.pool4_cidr
+    taken: list[tuple[IPv4Net, str]] = []
+    taken += [(p.cidr, f"Calico IP pool {p.pool_id}") for p in inputs.pools if isinstance(p.cidr, IPv4Net)]
+    taken += [(c, "service CIDR (BGPConfiguration)") for c in inputs.service_cidrs if isinstance(c, IPv4Net)]
+    taken += [(IPv4Net(h.ipv4), f"address of Calico node {h.hostname}") for h in inputs.hosts
+              if h.ipv4 is not None]
+    taken += [(IPv4Net(t.address), f"{t.kind} tunnel address of Calico node {t.hostname}")
+              for t in inputs.tunnels]
+    for net, what in taken:
+        if net.overlaps(pool4):
+            raise Pool4OverlapError(
+                f"NAT64Pool4CIDR {pool4} overlaps {net}, the {what}: the node routes NAT64Pool4CIDR to its "
+                "translators; choose a range nothing in the cluster uses, e.g. one inside 169.254.0.0/16")
 
 
 def allocate_blocks(parents: Iterable[IPv6Net], pool4_cidr: IPv4Net,
@@ -149,8 +178,12 @@ def _refused(inputs: Inputs, prefixes: Iterable[IPv6Net]) -> Iterable[RefusedDes
     node_ranges = [
         special_ipv4.RefusedRange(IPv4Net(h.ipv4), f"address of Calico node {h.hostname}")
         for h in sorted(inputs.hosts, key=lambda h: h.hostname) if h.ipv4 is not None
+    ] + [
+        special_ipv4.RefusedRange(IPv4Net(t.address), f"{t.kind} tunnel address of Calico node {t.hostname}")
+        for t in inputs.tunnels
     ]
     own = [special_ipv4.RefusedRange(s.pool4_cidr, "felix-nat64's node-internal pool4 range")]
+    own += [special_ipv4.RefusedRange(net, "listed in NAT64RefusedCIDRs") for net in s.refused_cidrs]
     for prefix in prefixes:
         parent = addressing.parent96(prefix)
         reachable = addressing.ipv4_range(prefix)

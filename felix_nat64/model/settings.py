@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from felix_nat64.model import addressing
+from felix_nat64.model import addressing, special_ipv4
 from felix_nat64.model import ownership as own
 from felix_nat64.model import values as v
 
@@ -61,6 +61,32 @@ DEFAULT_FELIX_ROUTE_TABLES: tuple[tuple[int, int], ...] = ((1, 250),)
 
 JOOL_MAX_TIMEOUT = 0xFFFFFFFF // 1000  # Jool carries timeouts as u32 milliseconds
 
+IPv4Net = ipaddress.IPv4Network
+IPv6Net = ipaddress.IPv6Network
+LINK_LOCAL4 = IPv4Net("169.254.0.0/16")
+# Addresses inside 169.254.0.0/16 that NAT64Pool4CIDR must leave alone.
+POOL4_FORBIDDEN = (
+    (ipaddress.IPv4Address("169.254.169.254"), "the cloud metadata service"),
+    (ipaddress.IPv4Address("169.254.1.1"), "Calico's gateway address for pods"),
+)
+# IPv6 ranges that can never be a NAT64 prefix, and why.
+NOT_A_PREFIX = (
+    (IPv6Net("ff00::/8"), "multicast (RFC 4291 section 2.7)"),
+    (IPv6Net("fe80::/10"), "link-local (RFC 4291 section 2.5.6)"),
+    (IPv6Net("::/96"), "IPv4-compatible, loopback or unspecified (RFC 4291 section 2.5.5.1)"),
+    (IPv6Net("::ffff:0:0/96"), "IPv4-mapped (RFC 4291 section 2.5.5.2)"),
+)
+# Non-link-local addresses of cloud platform services (metadata, wire
+# server) that pods must not reach with the node's address: Azure's
+# WireServer (learn.microsoft.com, "What is IP address 168.63.129.16?"),
+# Alibaba Cloud's metadata service (alibabacloud.com blog 594351 "Alibaba
+# Cloud ECS Metadata, User Data, and Dynamic Data"; cloud-init's AliYun
+# datasource), BytePlus/Volcengine's metadata service (docs.byteplus.com,
+# "Viewing instance metadata"). AWS, GCP, Azure IMDS, Oracle, OpenStack and
+# Tencent Cloud use link-local addresses, refused behind every prefix anyway.
+DEFAULT_REFUSED_CIDRS = (IPv4Net("168.63.129.16/32"), IPv4Net("100.100.100.200/32"),
+                         IPv4Net("100.96.0.96/32"))
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -78,6 +104,7 @@ class Settings:
     udp_timeout: float = DEFAULT_UDP
     icmp_timeout: float = DEFAULT_ICMP
     pool4_cidr: ipaddress.IPv4Network = own.DEFAULT_POOL4_CIDR
+    refused_cidrs: tuple[ipaddress.IPv4Network, ...] = DEFAULT_REFUSED_CIDRS
     firewall_mark: int = own.DEFAULT_FIREWALL_MARK
     routing_table: int = own.DEFAULT_ROUTING_TABLE
     rule_priority: int = own.DEFAULT_RULE_PRIORITY
@@ -126,10 +153,29 @@ def _prefixes(text: str) -> tuple[ipaddress.IPv6Network, ...]:
                 f"{net} is shorter than /96: a NAT64 prefix must be /96 to /128 "
                 "(the IPv4 address sits in its low 32 bits)"
             )
+        _check_prefix(net)
         nets.append(net)
     nets.sort()
     _check_disjoint(nets, "destination")
     return tuple(nets)
+
+
+def _check_prefix(net: IPv6Net) -> None:
+    """Raises for a /96-or-longer range that cannot hold IPv4-embedded addresses."""
+    for reserved, what in NOT_A_PREFIX:
+        if net.subnet_of(reserved):
+            raise ValueError(f"{net} is {what}: not usable as a NAT64 prefix")
+    if (int(net.network_address) >> 56) & 0xFF:
+        raise ValueError(f"{net} has a non-zero u octet (bits 64-71), which RFC 6052 section 2.2 requires "
+                         "to be zero; pick a prefix whose 9th byte is 0")
+    if special_ipv4.is_well_known(net):
+        reachable = special_ipv4.reachable_behind(net)
+        if not reachable:
+            raise ValueError(f"{net} lies in the Well-Known Prefix 64:ff9b::/96 but only covers IPv4 "
+                             "addresses "
+                             "that are not globally reachable, which RFC 6052 section 3.1 forbids behind it: "
+                             "every destination would be refused; use 64:ff9b::/96 or a network-specific "
+                             "prefix")
 
 
 def _check_disjoint(nets: list[ipaddress.IPv6Network], what: str) -> None:
@@ -188,7 +234,16 @@ def _pool4(text: str) -> ipaddress.IPv4Network:
         raise ValueError(f"{net} is not a usable unicast range")
     if net.prefixlen < 16:
         raise ValueError(f"{net} is too large: a /16 at most (it is carved into one /28 per translator)")
+    for address, what in POOL4_FORBIDDEN:
+        if address in net:
+            raise ValueError(f"{net} contains {address}, {what}; pick a range without it, e.g. "
+                             "169.254.64.0/24")
     return net
+
+
+def _refused_cidrs(text: str) -> tuple[ipaddress.IPv4Network, ...]:
+    nets = sorted({v.parse_ipv4_network(item) for item in v.split_list(text)})
+    return tuple(ipaddress.collapse_addresses(nets))
 
 
 def _mark(text: str) -> int:
@@ -315,7 +370,7 @@ SPECS: tuple[SettingSpec, ...] = (
                 "addresses per translator this caps concurrent pod transport addresses per protocol.",
                 "1024-65535"),
     SettingSpec("NAT64MTU", "mtu", _mtu,
-                "MTU of the translator links and Jool's lowest-ipv6-mtu (1280-65535). Unset: the "
+                "MTU of the translator links (1280-65535). Unset: the "
                 "pod network MTU Felix wrote to its MTU file, else 1500.", "1450"),
     SettingSpec("NAT64TCPEstablishedTimeout", "tcp_established_timeout",
                 _timeout(2 * 3600), "Idle timeout of established TCP sessions (min 2h).", "2h4m"),
@@ -327,7 +382,14 @@ SPECS: tuple[SettingSpec, ...] = (
                 "Idle timeout of ICMP query sessions (min 1s).", "60s"),
     SettingSpec("NAT64Pool4CIDR", "pool4_cidr", _pool4,
                 "Node-internal IPv4 range for the translators' links and pool4 (one /28 per "
-                "translator; never leaves the node unmasqueraded).", "169.254.64.0/24"),
+                "translator; never leaves the node unmasqueraded). Should lie in 169.254.0.0/16; must "
+                "not hold 169.254.169.254 or 169.254.1.1, nor overlap Calico IP pools, service CIDRs or "
+                "node addresses.", "169.254.64.0/24"),
+    SettingSpec("NAT64RefusedCIDRs", "refused_cidrs", _refused_cidrs,
+                "IPv4 destinations refused behind every prefix, on top of the fixed ones (loopback, "
+                "link-local, multicast, node addresses...). Setting it replaces the default, which "
+                "covers cloud platform services outside 169.254.0.0/16; empty: none.",
+                "168.63.129.16/32,100.100.100.200/32,203.0.113.0/24"),
     SettingSpec("NAT64FirewallMark", "firewall_mark", _mark,
                 "Packet mark bits used to steer pod traffic to the translators; must not overlap "
                 "Felix's IptablesMarkMask/NftablesMarkMask, kube-proxy's masquerade bit or the "
@@ -518,6 +580,10 @@ def resolve_settings(update: ConfigView, default_hostname: str | None = None) ->
     errors.extend(_felix_cross_check(settings, origins))
     if settings.enabled and not settings.prefixes and "NAT64Enabled" in origins:
         warnings.append("NAT64Enabled is set but NAT64Prefixes is empty: NAT64 stays off")
+    if not settings.pool4_cidr.subnet_of(LINK_LOCAL4):
+        warnings.append(f"NAT64Pool4CIDR {settings.pool4_cidr} is outside 169.254.0.0/16: make sure nothing "
+                        "on or beyond the node uses it (the node routes it to the translators, and refuses "
+                        "what no translator holds)")
     if errors:
         return SettingsResult(None, tuple(errors), origins, tuple(warnings))
     return SettingsResult(settings, (), origins, tuple(warnings))

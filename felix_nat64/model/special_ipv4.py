@@ -82,6 +82,21 @@ def is_well_known(prefix: ipaddress.IPv6Network) -> bool:
     return prefix.subnet_of(WELL_KNOWN_PREFIX)
 
 
+def reachable_behind(prefix: ipaddress.IPv6Network) -> list[IPv4Net]:
+    """The IPv4 destinations of a /96-or-longer prefix that no fixed refusal
+    covers (empty: the prefix could reach nothing)."""
+    low32 = int(prefix.network_address) & 0xFFFFFFFF
+    left = [IPv4Net((low32, prefix.prefixlen - 96))]
+    for rng in refused_for(prefix):
+        nxt: list[IPv4Net] = []
+        for part in left:
+            if part.subnet_of(rng.network):
+                continue
+            nxt.extend(part.address_exclude(rng.network) if rng.network.subnet_of(part) else [part])
+        left = nxt
+    return left
+
+
 def refused_for(prefix: ipaddress.IPv6Network) -> tuple[RefusedRange, ...]:
     """The fixed refusals behind one NAT64 prefix (node addresses aside)."""
     if is_well_known(prefix):

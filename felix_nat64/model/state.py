@@ -48,6 +48,16 @@ class Host:
     ipv6: ipaddress.IPv6Address | None = None
 
 
+@dataclass(frozen=True, order=True)
+class TunnelAddress:
+    """An IPv4 address a Calico node uses for a tunnel (Felix's VTEP and
+    WireGuard endpoint updates)."""
+
+    hostname: str
+    kind: str  # "vxlan" | "wireguard"
+    address: ipaddress.IPv4Address
+
+
 @dataclass(frozen=True)
 class Inputs:
     """Everything the desired state is computed from."""
@@ -58,6 +68,11 @@ class Inputs:
     # Translator blocks already in use, kept so a change elsewhere never
     # renumbers a live translator (which would cut its sessions).
     previous_blocks: Mapping[IPv6Net, IPv4Net] = field(default_factory=lambda: MappingProxyType({}))
+    tunnels: tuple[TunnelAddress, ...] = ()
+    service_cidrs: tuple[IPv4Net | IPv6Net, ...] = ()
+    # (translator /96, protocol) whose pool4 Jool reports exhausted: new flows
+    # are rejected at the node (dataplane/pool4watch.py).
+    exhausted: frozenset[tuple[IPv6Net, str]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,17 @@ class Translator:
     @property
     def link_ns_addr(self) -> ipaddress.IPv4Interface:
         return ipaddress.IPv4Interface((int(self.block.network_address) + 2, LINK_PREFIXLEN))
+
+    @property
+    def link_ns_addr6(self) -> ipaddress.IPv6Interface:
+        """The translator's own routable IPv6 address: its IPv4 link address
+        embedded in its /96 (RFC 6052), the identity an IPv4 hop has when seen
+        through this NAT64. Jool's own ICMPv6 errors (hop limit exceeded,
+        ...) take it as their source; with only link-local addresses they
+        would leave with a link-local source, which the node may not forward
+        to a pod (RFC 4291 section 2.5.6)."""
+        base = int(self.parent.network_address) | int(self.link_ns_addr.ip)
+        return ipaddress.IPv6Interface((base, 128))
 
     @property
     def pool4(self) -> IPv4Net:
@@ -141,6 +167,7 @@ class DesiredState:
     firewall_mark: int = DEFAULT_FIREWALL_MARK
     routing_table: int = DEFAULT_ROUTING_TABLE
     rule_priority: int = DEFAULT_RULE_PRIORITY
+    exhausted: tuple[tuple[IPv6Net, str], ...] = ()  # (translator /96, protocol)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -150,6 +177,11 @@ class DesiredState:
     @property
     def steered(self) -> tuple[IPv6Net, ...]:
         return tuple(p for t in self.translators for p in t.prefixes)
+
+    def exhausted_prefixes(self, proto: str) -> tuple[IPv6Net, ...]:
+        """The steered prefixes whose translator has no pool4 room for `proto`."""
+        parents = {parent for parent, p in self.exhausted if p == proto}
+        return tuple(p for t in self.translators if t.parent in parents for p in t.prefixes)
 
     @property
     def blocks(self) -> Mapping[IPv6Net, IPv4Net]:

@@ -175,6 +175,27 @@ class StreamBuilder:
             self._add(msg)
         return self
 
+    def vtep(self, node: str, ipv4: str, parent_device_ip: str,
+             mac: str = "66:aa:bb:cc:dd:01") -> StreamBuilder:
+        """A VXLAN tunnel endpoint, with the fields felix-nat64 does not read too."""
+        body = pw.string(1, node) + pw.string(2, mac) + pw.string(3, ipv4) + pw.string(4, parent_device_ip)
+        return self.opaque(25, body)
+
+    def remove_vtep(self, node: str) -> StreamBuilder:
+        return self.opaque(26, pw.string(1, node))
+
+    def wireguard(self, hostname: str, ipv4: str, public_key: str = "a2V5") -> StreamBuilder:
+        return self.opaque(27, pw.string(1, hostname) + pw.string(2, public_key) + pw.string(3, ipv4))
+
+    def remove_wireguard(self, hostname: str) -> StreamBuilder:
+        return self.opaque(28, pw.string(1, hostname))
+
+    def service_cidrs(self, cluster: Iterable[str] = (), external: Iterable[str] = (),
+                      loadbalancer: Iterable[str] = ()) -> StreamBuilder:
+        """BGPConfiguration's service CIDRs (GlobalBGPConfigUpdate)."""
+        body = pw.strings(1, cluster) + pw.strings(2, external) + pw.strings(3, loadbalancer)
+        return self.opaque(29, body)
+
     def in_sync(self) -> StreamBuilder:
         msg = pb.ToDataplane()
         msg.in_sync.SetInParent()

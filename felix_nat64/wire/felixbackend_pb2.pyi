@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ToDataplane(_message.Message):
-    __slots__ = ("sequence_number", "in_sync", "config_update", "host_metadata_update", "host_metadata_remove", "workload_endpoint_update", "workload_endpoint_remove", "ipam_pool_update", "ipam_pool_remove", "host_metadata_v6_update", "host_metadata_v6_remove", "host_metadata_v4v6_update", "host_metadata_v4v6_remove")
+    __slots__ = ("sequence_number", "in_sync", "config_update", "host_metadata_update", "host_metadata_remove", "workload_endpoint_update", "workload_endpoint_remove", "ipam_pool_update", "ipam_pool_remove", "vtep_update", "vtep_remove", "wireguard_endpoint_update", "wireguard_endpoint_remove", "global_bgp_config_update", "host_metadata_v6_update", "host_metadata_v6_remove", "host_metadata_v4v6_update", "host_metadata_v4v6_remove")
     SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     IN_SYNC_FIELD_NUMBER: _ClassVar[int]
     CONFIG_UPDATE_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,11 @@ class ToDataplane(_message.Message):
     WORKLOAD_ENDPOINT_REMOVE_FIELD_NUMBER: _ClassVar[int]
     IPAM_POOL_UPDATE_FIELD_NUMBER: _ClassVar[int]
     IPAM_POOL_REMOVE_FIELD_NUMBER: _ClassVar[int]
+    VTEP_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    VTEP_REMOVE_FIELD_NUMBER: _ClassVar[int]
+    WIREGUARD_ENDPOINT_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    WIREGUARD_ENDPOINT_REMOVE_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_BGP_CONFIG_UPDATE_FIELD_NUMBER: _ClassVar[int]
     HOST_METADATA_V6_UPDATE_FIELD_NUMBER: _ClassVar[int]
     HOST_METADATA_V6_REMOVE_FIELD_NUMBER: _ClassVar[int]
     HOST_METADATA_V4V6_UPDATE_FIELD_NUMBER: _ClassVar[int]
@@ -30,11 +35,16 @@ class ToDataplane(_message.Message):
     workload_endpoint_remove: WorkloadEndpointRemove
     ipam_pool_update: IPAMPoolUpdate
     ipam_pool_remove: IPAMPoolRemove
+    vtep_update: VXLANTunnelEndpointUpdate
+    vtep_remove: VXLANTunnelEndpointRemove
+    wireguard_endpoint_update: WireguardEndpointUpdate
+    wireguard_endpoint_remove: WireguardEndpointRemove
+    global_bgp_config_update: GlobalBGPConfigUpdate
     host_metadata_v6_update: HostMetadataV6Update
     host_metadata_v6_remove: HostMetadataV6Remove
     host_metadata_v4v6_update: HostMetadataV4V6Update
     host_metadata_v4v6_remove: HostMetadataV4V6Remove
-    def __init__(self, sequence_number: _Optional[int] = ..., in_sync: _Optional[_Union[InSync, _Mapping]] = ..., config_update: _Optional[_Union[ConfigUpdate, _Mapping]] = ..., host_metadata_update: _Optional[_Union[HostMetadataUpdate, _Mapping]] = ..., host_metadata_remove: _Optional[_Union[HostMetadataRemove, _Mapping]] = ..., workload_endpoint_update: _Optional[_Union[WorkloadEndpointUpdate, _Mapping]] = ..., workload_endpoint_remove: _Optional[_Union[WorkloadEndpointRemove, _Mapping]] = ..., ipam_pool_update: _Optional[_Union[IPAMPoolUpdate, _Mapping]] = ..., ipam_pool_remove: _Optional[_Union[IPAMPoolRemove, _Mapping]] = ..., host_metadata_v6_update: _Optional[_Union[HostMetadataV6Update, _Mapping]] = ..., host_metadata_v6_remove: _Optional[_Union[HostMetadataV6Remove, _Mapping]] = ..., host_metadata_v4v6_update: _Optional[_Union[HostMetadataV4V6Update, _Mapping]] = ..., host_metadata_v4v6_remove: _Optional[_Union[HostMetadataV4V6Remove, _Mapping]] = ...) -> None: ...
+    def __init__(self, sequence_number: _Optional[int] = ..., in_sync: _Optional[_Union[InSync, _Mapping]] = ..., config_update: _Optional[_Union[ConfigUpdate, _Mapping]] = ..., host_metadata_update: _Optional[_Union[HostMetadataUpdate, _Mapping]] = ..., host_metadata_remove: _Optional[_Union[HostMetadataRemove, _Mapping]] = ..., workload_endpoint_update: _Optional[_Union[WorkloadEndpointUpdate, _Mapping]] = ..., workload_endpoint_remove: _Optional[_Union[WorkloadEndpointRemove, _Mapping]] = ..., ipam_pool_update: _Optional[_Union[IPAMPoolUpdate, _Mapping]] = ..., ipam_pool_remove: _Optional[_Union[IPAMPoolRemove, _Mapping]] = ..., vtep_update: _Optional[_Union[VXLANTunnelEndpointUpdate, _Mapping]] = ..., vtep_remove: _Optional[_Union[VXLANTunnelEndpointRemove, _Mapping]] = ..., wireguard_endpoint_update: _Optional[_Union[WireguardEndpointUpdate, _Mapping]] = ..., wireguard_endpoint_remove: _Optional[_Union[WireguardEndpointRemove, _Mapping]] = ..., global_bgp_config_update: _Optional[_Union[GlobalBGPConfigUpdate, _Mapping]] = ..., host_metadata_v6_update: _Optional[_Union[HostMetadataV6Update, _Mapping]] = ..., host_metadata_v6_remove: _Optional[_Union[HostMetadataV6Remove, _Mapping]] = ..., host_metadata_v4v6_update: _Optional[_Union[HostMetadataV4V6Update, _Mapping]] = ..., host_metadata_v4v6_remove: _Optional[_Union[HostMetadataV4V6Remove, _Mapping]] = ...) -> None: ...
 
 class FromDataplane(_message.Message):
     __slots__ = ("sequence_number", "process_status_update")
@@ -186,6 +196,46 @@ class IPAMPool(_message.Message):
     vxlan_mode: str
     allowed_uses: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, cidr: _Optional[str] = ..., masquerade: _Optional[bool] = ..., ipip_mode: _Optional[str] = ..., vxlan_mode: _Optional[str] = ..., allowed_uses: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class VXLANTunnelEndpointUpdate(_message.Message):
+    __slots__ = ("node", "ipv4_addr", "parent_device_ip")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    IPV4_ADDR_FIELD_NUMBER: _ClassVar[int]
+    PARENT_DEVICE_IP_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    ipv4_addr: str
+    parent_device_ip: str
+    def __init__(self, node: _Optional[str] = ..., ipv4_addr: _Optional[str] = ..., parent_device_ip: _Optional[str] = ...) -> None: ...
+
+class VXLANTunnelEndpointRemove(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class WireguardEndpointUpdate(_message.Message):
+    __slots__ = ("hostname", "interface_ipv4_addr")
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_IPV4_ADDR_FIELD_NUMBER: _ClassVar[int]
+    hostname: str
+    interface_ipv4_addr: str
+    def __init__(self, hostname: _Optional[str] = ..., interface_ipv4_addr: _Optional[str] = ...) -> None: ...
+
+class WireguardEndpointRemove(_message.Message):
+    __slots__ = ("hostname",)
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    hostname: str
+    def __init__(self, hostname: _Optional[str] = ...) -> None: ...
+
+class GlobalBGPConfigUpdate(_message.Message):
+    __slots__ = ("service_cluster_cidrs", "service_external_cidrs", "service_loadbalancer_cidrs")
+    SERVICE_CLUSTER_CIDRS_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_EXTERNAL_CIDRS_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_LOADBALANCER_CIDRS_FIELD_NUMBER: _ClassVar[int]
+    service_cluster_cidrs: _containers.RepeatedScalarFieldContainer[str]
+    service_external_cidrs: _containers.RepeatedScalarFieldContainer[str]
+    service_loadbalancer_cidrs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, service_cluster_cidrs: _Optional[_Iterable[str]] = ..., service_external_cidrs: _Optional[_Iterable[str]] = ..., service_loadbalancer_cidrs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ProcessStatusUpdate(_message.Message):
     __slots__ = ("iso_timestamp", "uptime")

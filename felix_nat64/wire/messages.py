@@ -31,6 +31,11 @@ class Payload(IntEnum):
     IPAM_POOL_UPDATE = 16
     IPAM_POOL_REMOVE = 17
     HOST_METADATA_REMOVE = 18
+    VTEP_UPDATE = 25
+    VTEP_REMOVE = 26
+    WIREGUARD_ENDPOINT_UPDATE = 27
+    WIREGUARD_ENDPOINT_REMOVE = 28
+    GLOBAL_BGP_CONFIG_UPDATE = 29
     HOST_METADATA_V6_UPDATE = 35
     HOST_METADATA_V6_REMOVE = 36
     HOST_METADATA_V4V6_UPDATE = 37
@@ -60,11 +65,6 @@ SKIPPED_PAYLOAD_NAMES: Mapping[int, str] = MappingProxyType(
         22: "namespace_remove",
         23: "route_update",
         24: "route_remove",
-        25: "vtep_update",
-        26: "vtep_remove",
-        27: "wireguard_endpoint_update",
-        28: "wireguard_endpoint_remove",
-        29: "global_bgp_config_update",
         30: "encapsulation",
         31: "service_update",
         32: "service_remove",
@@ -262,6 +262,35 @@ class EndpointRemove(NamedTuple):
 
 
 @dataclass(frozen=True)
+class TunnelUpdate:
+    """A node's IPv4 tunnel addresses: VXLAN (the VTEP and the address it
+    sends from) or WireGuard (the interface address)."""
+
+    hostname: str
+    kind: str  # "vxlan" | "wireguard"
+    addresses: tuple[ipaddress.IPv4Address, ...]
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class TunnelRemove:
+    """A node's tunnel of one kind is gone."""
+
+    hostname: str
+    kind: str
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class ServiceCidrs:
+    """The cluster's service address ranges (BGPConfiguration serviceClusterIPs,
+    serviceExternalIPs, serviceLoadBalancerIPs); each update replaces the last."""
+
+    cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    seq: int = 0
+
+
+@dataclass(frozen=True)
 class Undecodable:
     """A well-framed message that could not be decoded.
 
@@ -275,7 +304,7 @@ class Undecodable:
 
 
 FelixMessage = InSync | ConfigUpdate | HostUpdate | HostRemove | PoolUpdate | PoolRemove | EndpointUpdate \
-    | EndpointRemove
+    | EndpointRemove | TunnelUpdate | TunnelRemove | ServiceCidrs
 Decoded = FelixMessage | Undecodable | None
 
 
@@ -360,6 +389,24 @@ def _host_v6_update(msg: pb.ToDataplane, seq: int) -> HostUpdate:
                       sets_ipv6=True, variant="host_metadata_v6_update", seq=seq)
 
 
+def _vtep_update(msg: pb.ToDataplane, seq: int) -> TunnelUpdate:
+    v = msg.vtep_update
+    addrs = (_parse_v4(v.ipv4_addr, v.node), _parse_v4(v.parent_device_ip, v.node))
+    return TunnelUpdate(v.node, "vxlan", tuple(a for a in addrs if a is not None), seq)
+
+
+def _wireguard_update(msg: pb.ToDataplane, seq: int) -> TunnelUpdate:
+    w = msg.wireguard_endpoint_update
+    addr = _parse_v4(w.interface_ipv4_addr, w.hostname)
+    return TunnelUpdate(w.hostname, "wireguard", (addr,) if addr else (), seq)
+
+
+def _service_cidrs(msg: pb.ToDataplane, seq: int) -> ServiceCidrs:
+    b = msg.global_bgp_config_update
+    texts = [*b.service_cluster_cidrs, *b.service_external_cidrs, *b.service_loadbalancer_cidrs]
+    return ServiceCidrs(tuple(_parse_network(t, "service CIDR") for t in texts), seq)
+
+
 # ToDataplane's oneof name -> the typed message it becomes.
 _CONVERTERS: Mapping[str, Callable[[pb.ToDataplane, int], FelixMessage]] = MappingProxyType({
     "in_sync": lambda msg, seq: InSync(seq),
@@ -376,6 +423,12 @@ _CONVERTERS: Mapping[str, Callable[[pb.ToDataplane, int], FelixMessage]] = Mappi
     "host_metadata_v4v6_remove": lambda msg, seq: HostRemove(msg.host_metadata_v4v6_remove.hostname, seq=seq),
     "host_metadata_v6_remove": lambda msg, seq: HostRemove(msg.host_metadata_v6_remove.hostname,
                                                            ipv6_only=True, seq=seq),
+    "vtep_update": _vtep_update,
+    "vtep_remove": lambda msg, seq: TunnelRemove(msg.vtep_remove.node, "vxlan", seq),
+    "wireguard_endpoint_update": _wireguard_update,
+    "wireguard_endpoint_remove": lambda msg, seq: TunnelRemove(msg.wireguard_endpoint_remove.hostname,
+                                                               "wireguard", seq),
+    "global_bgp_config_update": _service_cidrs,
 })
 
 

@@ -294,10 +294,20 @@ def test_pod_traffic_keeps_our_mark_through_felix_chains(topo: Topology, mode: M
         f"  meta mark & {mark:#x} == {mark:#x} counter\n }}\n"
         "}\n"
     )
+    # Marked packets must leave by a translator link (felix-nat64 rejects them
+    # anywhere else): a veth of its own, reached through our fwmark rule and table.
+    steer = [["ip", "link", "add", "fn64-probe", "type", "veth", "peer", "name", "fn64-probe-p"],
+             ["ip", "link", "set", "fn64-probe", "up"], ["ip", "link", "set", "fn64-probe-p", "up"],
+             ["ip", "-6", "rule", "add", "fwmark", f"{mark:#x}/{mark:#x}", "table",
+              str(desired.routing_table), "priority", str(desired.rule_priority)],
+             ["ip", "-6", "route", "add", f"{NAT64_DESTINATION}/128", "dev", "fn64-probe", "table",
+              str(desired.routing_table)]]
     with felix(topo, spec_for(topo, mode)):
         try:
             run_in_netns(topo.node_netns, lambda: NftTable().apply(render(desired)))
             run_command_in_netns(topo.node_netns, ["nft", "-f", "-"], input_text=probe)
+            for argv in steer:
+                run_command_in_netns(topo.node_netns, argv)
             udp_exchange(topo.pod(0).netns, NAT64_DESTINATION, count=3, reply_timeout=0.2)
             steered = run_in_netns(topo.node_netns, lambda: Nft().counters())["steered"][0]
             assert steered == 3
@@ -305,6 +315,10 @@ def test_pod_traffic_keeps_our_mark_through_felix_chains(topo: Topology, mode: M
             assert re.findall(r"counter packets (\d+)", listing) == ["3", "3"], listing
         finally:
             run_command_in_netns(topo.node_netns, ["nft", "delete", "table", *PROBE], check=False)
+            unsteer = ["ip", "-6", "rule", "del", "fwmark", f"{mark:#x}/{mark:#x}", "table",
+                       str(desired.routing_table)]
+            run_command_in_netns(topo.node_netns, unsteer, check=False)
+            run_command_in_netns(topo.node_netns, ["ip", "link", "del", "fn64-probe"], check=False)
             run_in_netns(topo.node_netns, lambda: NftTable().apply(None))
     flush_conntrack(topo)
 

@@ -181,7 +181,32 @@ class TestNftTable:
         out = node.call(lambda: Nft().list_table())
         assert out is not None
         text = json.dumps(out)
-        assert "192.0.2.10" in text and "fully-random" in text
+        # No random port selection: the pool4 port is kept where it is free.
+        assert "192.0.2.10" in text and "random" not in text
+
+    def test_ct_timeouts_carry_the_nat64_timeouts_and_follow_changes(self, node: NamespaceThread) -> None:
+        assert node.call(lambda: NftTable().ct_timeouts_supported())
+        d = desired_state("64:ff9b::/96", udp_timeout=600.0)
+        assert node.call(lambda: NftTable().apply(render(d))) == 1
+        assert node.call(lambda: NftTable().apply(render(d))) == 0
+
+        def objects() -> dict[str, dict[str, object]]:
+            items = Nft().list_table() or []
+            return {o["ct timeout"]["name"]: o["ct timeout"] for o in items if "ct timeout" in o}
+
+        found = node.call(objects)
+        assert found["udp-600"]["policy"] == {"unreplied": 600, "replied": 600}
+        tcp = found["tcp-240-7440"]["policy"]
+        assert tcp["established"] == 7440 and tcp["time_wait"] == 240 and tcp["syn_sent"] == 240
+        assert 'ct timeout set "udp-600"' in nft_list(node, "chain inet felix-nat64 timeouts")
+        d2 = desired_state("64:ff9b::/96", udp_timeout=300.0)
+        assert node.call(lambda: NftTable().apply(render(d2))) == 1
+        assert set(node.call(objects)) == {"udp-300", "tcp-240-7440"}  # the old object is gone
+        assert node.call(lambda: NftTable().apply(render(d2))) == 0
+        # Without kernel support the table carries neither objects nor the chain.
+        assert node.call(lambda: NftTable().apply(render(d2, with_ct_timeouts=False))) == 1
+        assert node.call(objects) == {}
+        assert "timeouts" not in nft_list(node, "table inet felix-nat64")
 
 
 def _pod_behind(node: NamespaceExecutor, host_ifname: str, address: str) -> str:
@@ -302,20 +327,31 @@ class TestNodeRouting:
         node.call(setup)
         rule = RuleSpec(d.firewall_mark, d.routing_table, d.rule_priority)
         routes = node_routes(d)
-        assert node.call(lambda: NodeRouting().apply(rule, routes)) == 3
+        # the rule, the two routes and the two unreachable catch-alls
+        assert node.call(lambda: NodeRouting().apply(rule, routes)) == 5
         assert node.call(lambda: NodeRouting().apply(rule, routes)) == 0
 
         def dump() -> tuple[list[str], list[int]]:
             with IPRoute() as ipr:
-                ours = [f"{r.get('dst')}/{r['dst_len']}" for fam in (socket.AF_INET, socket.AF_INET6)
+                ours = [f"{r.get('dst') or 'default'}/{r['dst_len']} type {r['type']}"
+                        for fam in (socket.AF_INET, socket.AF_INET6)
                         for tbl in (254, d.routing_table) for r in ipr.route("dump", family=fam, table=tbl)
                         if is_our_route(r["proto"])]
                 prios = [r.get("priority") for r in ipr.rule("dump", family=socket.AF_INET6)]
                 return ours, prios
 
         ours, prios = node.call(dump)
-        assert sorted(ours) == ["169.254.64.8/29", "64:ff9b::/96"]
+        assert sorted(ours) == ["169.254.64.0/24 type 7", "169.254.64.8/29 type 1", "64:ff9b::/96 type 1",
+                                "default/0 type 7"]
         assert 96 in prios and 200 in prios
+
+        # without pruning, what is no longer wanted stays (removal comes after
+        # the nftables table stops steering to it)
+        fewer = tuple(r for r in routes if str(r.dst) != "64:ff9b::/96")
+        assert node.call(lambda: NodeRouting().apply(rule, fewer, prune=False)) == 0
+        assert len(node.call(dump)[0]) == 4
+        assert node.call(lambda: NodeRouting().apply(rule, fewer)) == 1
+        assert node.call(lambda: NodeRouting().apply(rule, routes)) == 1
 
         # a route deleted from outside comes back
         def delete_route() -> None:
@@ -325,7 +361,7 @@ class TestNodeRouting:
         node.call(delete_route)
         assert node.call(lambda: NodeRouting().apply(rule, routes)) == 1
         # off: ours go, the foreign ones stay
-        assert node.call(lambda: NodeRouting().apply(None, ())) == 3
+        assert node.call(lambda: NodeRouting().apply(None, ())) == 5
         ours, prios = node.call(dump)
         assert ours == [] and 96 not in prios and 200 in prios
 

@@ -4,9 +4,9 @@ from dataclasses import replace
 import pytest
 
 from felix_nat64.model import addressing, special_ipv4
-from felix_nat64.model.desired import allocate_blocks, build_desired
+from felix_nat64.model.desired import Pool4OverlapError, allocate_blocks, build_desired
 from felix_nat64.model.settings import Settings
-from felix_nat64.model.state import Host, Inputs, Pool
+from felix_nat64.model.state import Host, Inputs, Pool, TunnelAddress
 
 N6 = ipaddress.IPv6Network
 N4 = ipaddress.IPv4Network
@@ -208,3 +208,42 @@ class TestBlockAllocation:
 def test_special_table_reasons_are_documented() -> None:
     for r in special_ipv4.ALWAYS_REFUSED + special_ipv4.NON_GLOBAL:
         assert "RFC" in r.reason
+
+
+def test_refused_cidrs_and_tunnel_addresses_are_refused_behind_every_prefix() -> None:
+    tunnels = (TunnelAddress("node-2", "vxlan", A4("10.244.7.1")),
+               TunnelAddress("node-2", "wireguard", A4("198.51.100.78")))
+    s = build_desired(Inputs(settings("2001:db8:64::/96"), (POD_POOL,), (), tunnels=tunnels))
+    for text in ["168.63.129.16", "100.100.100.200", "100.96.0.96", "10.244.7.1", "198.51.100.78"]:
+        assert is_refused(s, f"2001:db8:64::{text}"), text
+    reasons = {r.reason for r in s.refused}
+    assert "vxlan tunnel address of Calico node node-2" in reasons
+    assert "listed in NAT64RefusedCIDRs" in reasons
+    # An operator's own list replaces the default.
+    s = desired("2001:db8:64::/96", refused_cidrs=(N4("203.0.113.0/24"),))
+    assert is_refused(s, "2001:db8:64::cb00:7107") and not is_refused(s, "2001:db8:64::a83f:8110")
+
+
+@pytest.mark.parametrize("inputs,what", [
+    (dict(pools=(POD_POOL, Pool("v4", N4("169.254.0.0/16"), True))), "Calico IP pool v4"),
+    (dict(hosts=(Host("node-9", A4("169.254.64.77")),)), "address of Calico node node-9"),
+    (dict(tunnels=(TunnelAddress("node-9", "wireguard", A4("169.254.64.5")),)),
+     "wireguard tunnel address of Calico node node-9"),
+    (dict(service_cidrs=(N4("169.254.64.128/25"), N6("fd00:96::/112"))), "service CIDR"),
+])
+def test_pool4_overlapping_what_the_cluster_uses_is_refused(inputs: dict[str, object], what: str) -> None:
+    base = {"pools": (POD_POOL,), "hosts": ()}
+    args = {**base, **inputs}
+    with pytest.raises(Pool4OverlapError, match=f"169.254.64.0/24 overlaps .*{what}"):
+        build_desired(Inputs(settings("64:ff9b::/96"), **args))  # type: ignore[arg-type]
+    # NAT64 off: nothing is programmed, nothing to check
+    build_desired(Inputs(settings(), **args))  # type: ignore[arg-type]
+
+
+def test_exhausted_translators_carry_their_prefixes_only() -> None:
+    exhausted = frozenset({(NSP, "tcp"), (N6("2001:db8:99::/96"), "udp")})
+    s = build_desired(Inputs(settings("64:ff9b::/96", "2001:db8:64::c600:0/104"), (POD_POOL,),
+                             exhausted=exhausted))
+    assert s.exhausted == ((NSP, "tcp"),)  # a translator that no longer exists is dropped
+    assert s.exhausted_prefixes("tcp") == (N6("2001:db8:64::c600:0/104"),)
+    assert s.exhausted_prefixes("udp") == ()

@@ -11,6 +11,7 @@ from prometheus_client import generate_latest
 
 from felix_nat64.cli.main import main
 from felix_nat64.dataplane.loop import DataplaneLoop, Event, LoopOptions, StreamEnd
+from felix_nat64.dataplane.pool4watch import Pool4Pressure
 from felix_nat64.observe.metrics import ApplyTimes, NAT64Collector, registry_for
 from felix_nat64.observe.status import StatusBoard, write_status_file
 from felix_nat64.wire import messages as m
@@ -307,3 +308,22 @@ def test_bpf_refusal_wins_over_nat64_being_off() -> None:
     h.run([config(BPFEnabled="true"), m.InSync()], for_seconds=1)
     assert dp.applied == []
     assert not h.status.readiness()[0]
+
+
+def test_pool4_pressure_is_folded_into_the_desired_state() -> None:
+    dp = RecordingDataplane()
+    loop = DataplaneLoop(queue.Queue(), dp, StatusBoard(), options=FAST)
+    for e in (config(NAT64Prefixes="64:ff9b::/96"), pool("fd00:1::/64"), m.InSync()):
+        loop.handle(e)
+    loop.step()
+    assert dp.applied[-1].exhausted == ()
+    assert loop.translators() == {N6("64:ff9b::/96"): dp.applied[-1].translators[0].namespace}
+    full = frozenset({(N6("64:ff9b::/96"), "tcp")})
+    loop.handle(Pool4Pressure(full))
+    loop.step()
+    assert dp.applied[-1].exhausted == ((N6("64:ff9b::/96"), "tcp"),)
+    loop.handle(Pool4Pressure(full))  # the same again: nothing to do
+    loop.step()
+    loop.handle(Pool4Pressure(frozenset()))
+    loop.step()
+    assert [d.exhausted for d in dp.applied] == [(), ((N6("64:ff9b::/96"), "tcp"),), ()]

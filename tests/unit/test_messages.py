@@ -20,7 +20,7 @@ def decode(body: bytes) -> m.Decoded:
     return decoded
 
 
-@pytest.mark.parametrize("field", [2, 3, 4, 5, 7, 8, 9, 10, 19, 23, 25, 30, 31, 33, 34, 39, 99, 5000])
+@pytest.mark.parametrize("field", [2, 3, 4, 5, 7, 8, 9, 10, 19, 23, 24, 30, 31, 33, 34, 39, 99, 5000])
 def test_unknown_and_skipped_payloads_are_not_parsed(field: int) -> None:
     body = b"\x0a\x03abc" * 10
     assert m.decode_frame(pw.uint(15, 7) + pw.length_delimited(field, body)) == (field, None)
@@ -174,3 +174,29 @@ def test_a_broken_workload_endpoint_does_not_count_as_a_needed_payload() -> None
     assert isinstance(result, m.Undecodable) and result.field_number == 11 and not result.used
     broken_pool = decode(pw.uint(15, 7) + pw.length_delimited(16, b"\x0a\x05ab"))
     assert isinstance(broken_pool, m.Undecodable) and broken_pool.used
+
+
+class TestTunnelsAndServices:
+    def test_vtep_and_wireguard_updates_carry_ipv4_tunnel_addresses(self) -> None:
+        b = (StreamBuilder().vtep("n2", "10.244.7.1", "192.0.2.2").wireguard("n2", "10.244.9.1")
+             .remove_vtep("n2").remove_wireguard("n2"))
+        vtep, wg, vtep_gone, wg_gone = decode_all(b)
+        a4 = ipaddress.IPv4Address
+        assert vtep == m.TunnelUpdate("n2", "vxlan", (a4("10.244.7.1"), a4("192.0.2.2")), seq=0)
+        assert wg == m.TunnelUpdate("n2", "wireguard", (a4("10.244.9.1"),), seq=1)
+        assert vtep_gone == m.TunnelRemove("n2", "vxlan", seq=2)
+        assert wg_gone == m.TunnelRemove("n2", "wireguard", seq=3)
+
+    def test_ipv6_only_vtep_has_no_ipv4_address(self) -> None:
+        (vtep,) = decode_all(StreamBuilder().vtep("n2", "", ""))
+        assert vtep == m.TunnelUpdate("n2", "vxlan", (), seq=0)
+
+    def test_service_cidrs_of_every_kind(self) -> None:
+        (svc,) = decode_all(StreamBuilder().service_cidrs(["10.96.0.0/12", "fd00:96::/112"], ["192.0.2.0/28"],
+                                                          ["198.51.100.0/26"]))
+        assert svc == m.ServiceCidrs(tuple(ipaddress.ip_network(c) for c in (
+            "10.96.0.0/12", "fd00:96::/112", "192.0.2.0/28", "198.51.100.0/26")), seq=0)
+
+    def test_bad_tunnel_address_is_undecodable(self) -> None:
+        (bad,) = decode_all(StreamBuilder().wireguard("n2", "fd00::1"))
+        assert isinstance(bad, m.Undecodable) and bad.used and "not IPv4" in bad.error

@@ -29,6 +29,8 @@ def test_field_numbers_match_felix() -> None:
         "host_metadata_v6_update": 35, "host_metadata_v6_remove": 36,
         "host_metadata_v4v6_update": 37, "host_metadata_v4v6_remove": 38,
         "workload_endpoint_update": 11, "workload_endpoint_remove": 12,
+        "vtep_update": 25, "vtep_remove": 26, "wireguard_endpoint_update": 27,
+        "wireguard_endpoint_remove": 28, "global_bgp_config_update": 29,
     }
     # Calico v3.26 to master: felix/proto/felixbackend.proto, WorkloadEndpoint*.
     assert {f.name: f.number for f in pb.WorkloadEndpointID.DESCRIPTOR.fields} == {
@@ -36,6 +38,13 @@ def test_field_numbers_match_felix() -> None:
     assert {f.name: f.number for f in pb.WorkloadEndpointUpdate.DESCRIPTOR.fields} == {"id": 1, "endpoint": 5}
     assert {f.name: f.number for f in pb.WorkloadEndpoint.DESCRIPTOR.fields} == {"ipv6_nets": 6}
     assert {f.name: f.number for f in pb.WorkloadEndpointRemove.DESCRIPTOR.fields} == {"id": 1}
+    # felixbackend.proto from v3.26.0 to master
+    assert {f.name: f.number for f in pb.VXLANTunnelEndpointUpdate.DESCRIPTOR.fields} == {
+        "node": 1, "ipv4_addr": 3, "parent_device_ip": 4}
+    assert {f.name: f.number for f in pb.WireguardEndpointUpdate.DESCRIPTOR.fields} == {
+        "hostname": 1, "interface_ipv4_addr": 3}
+    assert {f.name: f.number for f in pb.GlobalBGPConfigUpdate.DESCRIPTOR.fields} == {
+        "service_cluster_cidrs": 1, "service_external_cidrs": 2, "service_loadbalancer_cidrs": 3}
     assert {f.name: f.number for f in pb.IPAMPool.DESCRIPTOR.fields} == {
         "cidr": 1, "masquerade": 2, "ipip_mode": 3, "vxlan_mode": 4, "allowed_uses": 5}
     assert {f.name: f.number for f in pb.HostMetadataUpdate.DESCRIPTOR.fields} == {

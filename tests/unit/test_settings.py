@@ -57,11 +57,67 @@ def test_every_spelling_of_a_key(key: str) -> None:
     ("64:ff9b::1/96", "host bits set"),
     ("banana", "not an IPv6 CIDR"),
     ("64:ff9b::/96,64:ff9b::/96", "listed twice"),
-    ("64:ff9b::/96,64:ff9b::a00:0/104", "overlap"),
+    ("64:ff9b::/96,64:ff9b::800:0/104", "overlap"),
 ])
 def test_bad_prefixes(value: str, reason: str) -> None:
     (err,) = errors(resolved(NAT64Prefixes=value))
     assert "NAT64Prefixes" in err and repr(value) in err and reason in err
+
+
+@pytest.mark.parametrize("value,reason", [
+    ("ff0e::/96", "multicast (RFC 4291 section 2.7)"),
+    ("fe80::/96", "link-local (RFC 4291 section 2.5.6)"),
+    ("::/96", "IPv4-compatible"),
+    ("::c000:0/104", "IPv4-compatible"),
+    ("::ffff:0:0/96", "IPv4-mapped (RFC 4291 section 2.5.5.2)"),
+    ("2001:db8:0:0:100::/96", "non-zero u octet (bits 64-71)"),
+    ("2001:db8::ff00:0:0:0/96", "non-zero u octet (bits 64-71)"),
+    # Under the Well-Known Prefix, RFC 6052 section 3.1 refuses every one of these.
+    ("64:ff9b::a00:0/104", "only covers IPv4 addresses that are not globally reachable"),
+    ("64:ff9b::c0a8:0/112", "only covers IPv4 addresses that are not globally reachable"),
+    ("64:ff9b::a9fe:a9fe/128", "only covers IPv4 addresses that are not globally reachable"),
+    ("64:ff9b::c633:6400/120", "only covers IPv4 addresses that are not globally reachable"),
+])
+def test_prefixes_that_cannot_carry_ipv4_embedded_addresses(value: str, reason: str) -> None:
+    (err,) = errors(resolved(NAT64Prefixes=value))
+    assert "NAT64Prefixes" in err and reason in err, err
+
+
+@pytest.mark.parametrize("value", [
+    "64:ff9b::c000:0/120",  # 192.0.0.0/24: refused except PCP and TURN anycast (192.0.0.9, .10)
+    "64:ff9b::808:808/128",  # 8.8.8.8
+    "2001:db8:64::a00:0/104",  # network-specific: private IPv4 may be reached behind it
+])
+def test_prefixes_with_something_to_reach_are_accepted(value: str) -> None:
+    assert ok(resolved(NAT64Prefixes=value)).prefixes
+
+
+@pytest.mark.parametrize("value,reason", [
+    ("169.254.0.0/16", "contains 169.254.169.254, the cloud metadata service"),
+    ("169.254.169.0/24", "contains 169.254.169.254"),
+    ("169.254.1.0/24", "contains 169.254.1.1, Calico's gateway address for pods"),
+])
+def test_pool4_must_leave_link_local_services_alone(value: str, reason: str) -> None:
+    (err,) = errors(resolved(NAT64Pool4CIDR=value))
+    assert "NAT64Pool4CIDR" in err and reason in err, err
+
+
+def test_pool4_outside_link_local_is_a_warning() -> None:
+    result = resolve_settings(resolved(NAT64Pool4CIDR="100.127.0.0/24"), default_hostname="n")
+    assert result.ok
+    assert any("outside 169.254.0.0/16" in w for w in result.warnings), result.warnings
+    result = resolve_settings(resolved(), default_hostname="n")
+    assert not result.warnings
+
+
+def test_refused_cidrs_default_and_override() -> None:
+    assert [str(n) for n in ok(resolved()).refused_cidrs] == [
+        "168.63.129.16/32", "100.100.100.200/32", "100.96.0.96/32"]
+    s = ok(resolved(NAT64RefusedCIDRs="203.0.113.0/25, 203.0.113.128/25,192.0.2.7"))
+    assert [str(n) for n in s.refused_cidrs] == ["192.0.2.7/32", "203.0.113.0/24"]
+    assert ok(resolved(NAT64RefusedCIDRs="")).refused_cidrs == ()
+    (err,) = errors(resolved(NAT64RefusedCIDRs="2001:db8::/32"))
+    assert "NAT64RefusedCIDRs" in err and "IPv6 CIDR where an IPv4" in err
 
 
 def test_prefix_lengths_96_to_128_accepted() -> None:

@@ -15,7 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +41,11 @@ def nat64(prefix: str, ipv4: str) -> str:
 
 def node_stream(prefixes: str = f"{WKP},{NSP}", felix_version: str = "master",
                 extra: Mapping[str, str] | None = None, pools: tuple[str, ...] = (WKP, NSP),
-                workloads: Sequence[tuple[str, str, str]] = ()) -> bytes:
+                workloads: Sequence[tuple[str, str, str]] = (),
+                more: Callable[[StreamBuilder], object] | None = None) -> bytes:
     """What Felix sends for the simulated node (settings as FELIX_* environment),
-    with a workload endpoint for each (namespace, pod, IPv6 address) given."""
+    with a workload endpoint for each (namespace, pod, IPv6 address) given;
+    `more` adds messages to the snapshot before InSync."""
     b = StreamBuilder(felix_version)
     env = {"nat64prefixes": prefixes, "felixhostname": "node-1", "nat64resyncinterval": "2s",
            **{k.lower(): v for k, v in (extra or {}).items()}}
@@ -55,6 +57,8 @@ def node_stream(prefixes: str = f"{WKP},{NSP}", felix_version: str = "master",
         b.pool(cover)
     for i, (namespace, pod, address) in enumerate(workloads):
         b.workload(namespace, pod, f"{address}/128", f"cali{i:011x}")
+    if more is not None:
+        more(b)
     b.in_sync()
     return b.data()
 

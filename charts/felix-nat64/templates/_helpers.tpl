@@ -90,6 +90,7 @@ tcpTransitoryTimeout: NAT64TCPTransitoryTimeout
 udpTimeout: NAT64UDPTimeout
 icmpTimeout: NAT64ICMPTimeout
 pool4CIDR: NAT64Pool4CIDR
+refusedCIDRs: NAT64RefusedCIDRs
 pool4PortRange: NAT64Pool4PortRange
 firewallMark: NAT64FirewallMark
 kubeProxyMasqueradeBit: NAT64KubeProxyMasqueradeBit

@@ -108,7 +108,8 @@ class TranslatorLinks:
         if lo is not None and not lo["flags"] & 1:
             inner.link("set", index=lo["index"], state="up")
             changes += 1
-        changes += self._converge_addrs(inner, link["index"], [t.link_ns_addr, NS_LINK_LL], new=fresh)
+        changes += self._converge_addrs(inner, link["index"], [t.link_ns_addr, NS_LINK_LL, t.link_ns_addr6],
+                                        new=fresh)
         return changes + self._converge_routes(inner, link["index"], translator_routes(t), new=fresh)
 
     @staticmethod

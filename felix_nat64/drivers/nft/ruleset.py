@@ -9,15 +9,32 @@ prerouting (filter, mangle priority)
     routing rule sends them to the translators.
 forward (filter)
     marked packets to refused IPv4 destinations are rejected with ICMPv6
-    administratively prohibited; IPv4 into a translator link is only let
-    through for established flows (return traffic); only pool4 sources may
-    leave a translator.
+    administratively prohibited, and marked packets about to leave by
+    anything but a translator link (their route is missing) with ICMPv6 no
+    route, so a steered packet never leaves untranslated; IPv4 into a
+    translator link is only let through for established flows (return
+    traffic); only pool4 sources may leave a translator.
 input (filter)
     a translator may not talk IPv4 to the node itself (its own addresses are
     never NAT64 destinations), and over IPv6 only ICMPv6; nothing but a
     translator may reach the node's pool4 addresses (the link ends).
+steer-output (route, mangle priority) and output (filter)
+    ICMPv6 errors the node sends towards a NAT64 destination get the NAT64
+    mark, so they are routed into the translator (a Packet Too Big must
+    reach the IPv4 sender as Fragmentation Needed); the node's own processes
+    may not open connections into a translator (that would reach pods'
+    sessions through pool4).
 postrouting (nat, srcnat priority)
-    the translated IPv4 leg is SNATed or masqueraded to the node's address.
+    the translated IPv4 leg is SNATed or masqueraded to the node's address,
+    keeping the pool4 port wherever it is free (no random port selection),
+    so that one pool4 transport address shows the same public port to every
+    destination (RFC 4787 REQ-1, endpoint-independent mapping).
+timeouts (filter, just after conntrack)
+    new conntrack entries of both legs of a NAT64 flow get `ct timeout`
+    objects made from the NAT64 session timeouts, so the node's mapping
+    lives at least as long as Jool's session (RFC 4787 REQ-5) instead of
+    conntrack's 30 s UDP default, and the pod's flow stays established for
+    Felix's policy as long as the translator keeps it.
 """
 
 from __future__ import annotations
@@ -26,6 +43,7 @@ import hashlib
 import ipaddress
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from felix_nat64.model.ownership import LINK_PREFIX
@@ -33,6 +51,10 @@ from felix_nat64.model.ownership import NFT_FAMILY as FAMILY
 from felix_nat64.model.ownership import NFT_TABLE as TABLE
 from felix_nat64.model.state import DesiredState
 
+# `ct timeout set` only acts on a conntrack entry that exists and is not yet
+# confirmed (net/netfilter/nft_ct.c, nft_ct_timeout_obj_eval), so it runs
+# after conntrack's lookup (-200) on the flow's first packet.
+PRIO_CT_TIMEOUT = -190
 PRIO_MANGLE = -150
 PRIO_FILTER = 0
 PRIO_SRCNAT = 100
@@ -45,9 +67,63 @@ COUNTERS = {
     "bad_source_blocked": "IPv4 packets leaving a translator from outside its pool4",
     "to_node_blocked": "packets from a translator to the node itself",
     "snat": "translated IPv4 packets source-NATed to the node",
+    "unrouted": "steered pod packets that had no route into a translator, rejected instead of leaving "
+                "untranslated",
+    "errors_steered": "ICMPv6 errors the node sent towards a NAT64 destination, steered into a translator",
+    "pool4_exhausted": "new pod flows rejected with ICMPv6 address unreachable while their translator's "
+                       "pool4 had no transport address left",
 }
+EXHAUSTIBLE = {"tcp": "tcp", "udp": "udp", "icmp": "ipv6-icmp"}  # protocol -> l4proto name
+
+# ICMPv6 errors the node itself may send about a packet that came out of a
+# translator (packet too big on a smaller pod link, pod gone, hop limit):
+# only the translator can turn them into ICMP errors for the IPv4 peer.
+ICMPV6_ERRORS = ["destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem"]
 
 JsonObj = dict[str, Any]
+
+# conntrack's TCP states (nftables' names) that Jool's transitory timer covers:
+# everything but established. syn_sent2, retrans and unacknowledged are left
+# at the kernel's values: they only ever shorten a stalled connection.
+TCP_TRANSITORY_STATES = ("syn_sent", "syn_recv", "fin_wait", "close_wait", "last_ack", "time_wait",
+                         "close")
+
+
+@dataclass(frozen=True)
+class CtTimeout:
+    """An nftables `ct timeout` object for the IPv4 leg of one L4 protocol.
+
+    The name carries the timeouts, so a changed setting is a new object and
+    the read-back comparison never has to trust a listed policy.
+    """
+
+    protocol: str  # "tcp" | "udp"
+    policy: tuple[tuple[str, int], ...]  # (conntrack state, seconds)
+
+    @property
+    def name(self) -> str:
+        seconds = sorted({value for _, value in self.policy})
+        return f"{self.protocol}-" + "-".join(str(value) for value in seconds)
+
+    def text(self) -> str:
+        """The object in nft's text syntax: libnftables 1.0.6 drops `policy`
+        and `l3proto` from JSON input (its JSON output is complete)."""
+        policy = ", ".join(f"{state} : {value}" for state, value in self.policy)
+        return (f"add ct timeout {FAMILY} {TABLE} {self.name} {{ protocol {self.protocol}; "
+                f"l3proto ip; policy = {{ {policy} }}; }}")
+
+
+def ct_timeouts(desired: DesiredState) -> tuple[CtTimeout, ...]:
+    """The IPv4 leg's conntrack timeouts, from the NAT64 session timeouts.
+
+    ICMP has none: the nft 1.0.6 parser takes `ct timeout` objects for TCP
+    and UDP only, so ICMP keeps conntrack's own timeout.
+    """
+    to = desired.timeouts
+    trans = int(to.tcp_transitory)
+    tcp = (("established", int(to.tcp_established)), *((state, trans) for state in TCP_TRANSITORY_STATES))
+    udp = (("unreplied", int(to.udp)), ("replied", int(to.udp)))
+    return CtTimeout("tcp", tcp), CtTimeout("udp", udp)
 
 
 def _net_elem(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Any:
@@ -80,6 +156,7 @@ class Ruleset:
         self.sets: list[JsonObj] = []
         self.elements: dict[str, list[Any]] = {}
         self.rules: list[JsonObj] = []
+        self.ct_timeouts: tuple[CtTimeout, ...] = ()
 
     def chain(self, name: str, ctype: str, hook: str, prio: int) -> None:
         self.chains.append({"family": FAMILY, "table": TABLE, "name": name, "type": ctype,
@@ -97,6 +174,12 @@ class Ruleset:
         digest = hashlib.sha256(json.dumps(expr, sort_keys=True).encode()).hexdigest()[:12]
         self.rules.append({"family": FAMILY, "table": TABLE, "chain": chain,
                            "comment": f"fn64:{name}:{digest}", "expr": list(expr)})
+
+    def object_commands(self) -> str:
+        """nft text that creates the table and its `ct timeout` objects; it
+        runs before `commands()`, whose rules refer to the objects."""
+        lines = [f"add table {FAMILY} {TABLE}", *(obj.text() for obj in self.ct_timeouts)]
+        return "\n".join(lines)
 
     def commands(self) -> list[JsonObj]:
         """Commands that create or refill the table (used inside one transaction)."""
@@ -122,20 +205,50 @@ class Ruleset:
         return [(r["chain"], r["comment"]) for r in self.rules]
 
 
-def render(desired: DesiredState) -> Ruleset:
-    """The table for a desired state (an active one: NAT64 off has no table)."""
+def render(desired: DesiredState, *, with_ct_timeouts: bool = True) -> Ruleset:
+    """The table for a desired state (an active one: NAT64 off has no table).
+
+    `with_ct_timeouts` False leaves out the conntrack timeout objects, for
+    kernels without them (the IPv4 leg then keeps conntrack's defaults).
+    """
     rs = Ruleset()
     mark = desired.firewall_mark
     trans_if = LINK_PREFIX + "*"
+    new_flow = _match({"ct": {"key": "state"}}, "new")
+    if with_ct_timeouts:
+        rs.ct_timeouts = ct_timeouts(desired)
+        rs.chain("timeouts", "filter", "prerouting", PRIO_CT_TIMEOUT)
+        for obj in rs.ct_timeouts:
+            # The IPv4 leg's entry is made by its first packet, which comes
+            # out of a translator; the IPv6 leg's by the pod's first packet.
+            # (The objects' l3proto does not restrict where they apply.)
+            rs.rule("timeouts", f"ct-timeout-ipv4-{obj.protocol}", [
+                new_flow,
+                _match(_meta("iifname"), trans_if),
+                _match(_meta("nfproto"), "ipv4"),
+                _match(_meta("l4proto"), obj.protocol),
+                {"ct timeout": obj.name},
+            ])
+            rs.rule("timeouts", f"ct-timeout-ipv6-{obj.protocol}", [
+                new_flow,
+                _match(_payload("ip6", "saddr"), "@sources6"),
+                _match(_payload("ip6", "daddr"), "@prefixes6"),
+                _match(_meta("l4proto"), obj.protocol),
+                {"ct timeout": obj.name},
+            ])
     rs.chain("prerouting", "filter", "prerouting", PRIO_MANGLE)
     rs.chain("forward", "filter", "forward", PRIO_FILTER)
     rs.chain("input", "filter", "input", PRIO_FILTER)
+    rs.chain("steer-output", "route", "output", PRIO_MANGLE)
+    rs.chain("output", "filter", "output", PRIO_FILTER)
     rs.chain("postrouting", "nat", "postrouting", PRIO_SRCNAT)
 
     rs.set("sources6", "ipv6_addr", desired.sources)
     rs.set("prefixes6", "ipv6_addr", desired.steered)
     rs.set("refused6", "ipv6_addr", [r.network for r in desired.refused])
     rs.set("pool4", "ipv4_addr", [desired.pool4_cidr])
+    for proto in EXHAUSTIBLE:
+        rs.set(f"exhausted_{proto}6", "ipv6_addr", desired.exhausted_prefixes(proto))
 
     marked = _match({"&": [_meta("mark"), mark]}, mark)
     for prefix in desired.workload_iface_prefixes:
@@ -153,6 +266,27 @@ def render(desired: DesiredState) -> Ruleset:
         _counter("refused"),
         {"reject": {"type": "icmpv6", "expr": "admin-prohibited"}},
     ])
+    # Table NAT64RoutingTable ends in an unreachable default, so this only
+    # catches a steered packet whose route lookup went elsewhere all the same
+    # (the fwmark rule missing while the mark is set, say).
+    rs.rule("forward", "unrouted-reject", [
+        marked,
+        _match(_meta("nfproto"), "ipv6"),
+        _match(_meta("oifname"), trans_if, "!="),
+        _counter("unrouted"),
+        {"reject": {"type": "icmpv6", "expr": "no-route"}},
+    ])
+    # Jool drops what it cannot allocate pool4 for without a word; while it
+    # reports pool4 exhausted, new flows get RFC 6146's address unreachable.
+    for proto, l4proto in EXHAUSTIBLE.items():
+        rs.rule("forward", f"pool4-exhausted-{proto}", [
+            new_flow,
+            marked,
+            _match(_meta("l4proto"), l4proto),
+            _match(_payload("ip6", "daddr"), f"@exhausted_{proto}6"),
+            _counter("pool4_exhausted"),
+            {"reject": {"type": "icmpv6", "expr": "addr-unreachable"}},
+        ])
     rs.rule("forward", "inbound-return", [
         _match(_meta("oifname"), trans_if),
         _match(_meta("nfproto"), "ipv4"),
@@ -203,6 +337,23 @@ def render(desired: DesiredState) -> Ruleset:
         {"drop": None},
     ])
 
+    rs.rule("steer-output", "steer-errors", [
+        _match(_meta("l4proto"), "ipv6-icmp"),
+        _match(_payload("icmpv6", "type"), {"set": ICMPV6_ERRORS}),
+        _match(_payload("ip6", "daddr"), "@prefixes6"),
+        {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), mark]}}},
+        _counter("errors_steered"),
+    ])
+    # Errors about the IPv4 leg (time exceeded, fragmentation needed) are
+    # related to a flow and still pass.
+    rs.rule("output", "node-to-translator-block", [
+        _match(_meta("oifname"), trans_if),
+        _match(_meta("nfproto"), "ipv4"),
+        _match({"ct": {"key": "state"}}, ["new", "invalid", "untracked"], "in"),
+        _counter("inbound_blocked"),
+        {"drop": None},
+    ])
+
     nat_match = [
         _match(_meta("nfproto"), "ipv4"),
         _match(_payload("ip", "saddr"), "@pool4"),
@@ -223,7 +374,9 @@ def render(desired: DesiredState) -> Ruleset:
 
 
 def _nat(desired: DesiredState, ports: JsonObj) -> JsonObj:
+    # No fully-random: the kernel keeps the source port whenever the
+    # resulting tuple is free (nf_nat_core.c get_unique_tuple), so a pool4
+    # transport address maps to the same public port for every destination.
     if desired.snat.address is not None:
-        return {"snat": {"family": "ip", "addr": str(desired.snat.address), **ports,
-                         "flags": ["fully-random"]}}
-    return {"masquerade": {**ports, "flags": ["fully-random"]}}
+        return {"snat": {"family": "ip", "addr": str(desired.snat.address), **ports}}
+    return {"masquerade": ports} if ports else {"masquerade": None}

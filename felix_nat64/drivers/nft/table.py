@@ -1,9 +1,11 @@
 """Keeps the `inet felix-nat64` table equal to the rendered ruleset.
 
 The kernel's table is read back and compared with the desired one (chains,
-tagged rules in order, set contents, counters). When anything differs, the
-table is refilled in one libnftables transaction: either everything
-changes or nothing does, and named counters keep their values. Tables we do
+tagged rules in order, set contents, counters, `ct timeout` objects). When
+anything differs, the table is refilled in one libnftables transaction:
+either everything changes or nothing does, and named counters keep their
+values. `ct timeout` objects are created just before, in a transaction of
+their own written in nft's text syntax (see `CtTimeout.text`). Tables we do
 not own are never listed, flushed or changed.
 """
 
@@ -37,6 +39,8 @@ class TableView:
     rules: tuple[tuple[str, str], ...]
     sets: dict[str, tuple[str, frozenset[Net]]]
     counters: frozenset[str]
+    # ct timeout objects: (name, protocol, policy); the policy as listed
+    objects: frozenset[tuple[str, str, tuple[tuple[str, int], ...]]] = frozenset()
 
 
 class Nft:
@@ -54,6 +58,17 @@ class Nft:
                                         for c in commands}))
             raise NftError(f"nftables transaction ({len(commands)} commands: {summary}) failed: "
                            f"{err.strip()}")
+
+    def run_text(self, text: str, *, dry_run: bool = False) -> None:
+        """Runs nft commands in its text syntax as one transaction."""
+        self._nft.set_dry_run(dry_run)
+        try:
+            rc, _, err = self._nft.cmd(text)
+        finally:
+            self._nft.set_dry_run(False)
+        if rc != 0:
+            first = text.splitlines()[0] if text else ""
+            raise NftError(f"nftables transaction ({first}...) failed: {err.strip()}")
 
     def list_table(self) -> list[dict[str, Any]] | None:
         """Our table's objects, or None if it does not exist."""
@@ -96,7 +111,7 @@ def _elem_nets(elems: Iterable[Any]) -> frozenset[Net]:
 
 
 def view_of_kernel(items: list[dict[str, Any]]) -> TableView:
-    chains, rules, sets, counters = set(), [], {}, set()
+    chains, rules, sets, counters, objects = set(), [], {}, set(), set()
     for item in items:
         if "chain" in item:
             c = item["chain"]
@@ -109,7 +124,11 @@ def view_of_kernel(items: list[dict[str, Any]]) -> TableView:
             sets[s["name"]] = (s["type"], _elem_nets(s.get("elem", [])))
         elif "counter" in item:
             counters.add(item["counter"]["name"])
-    return TableView(frozenset(chains), tuple(rules), sets, frozenset(counters))
+        elif "ct timeout" in item:
+            o = item["ct timeout"]
+            policy = tuple(sorted((str(k), int(v)) for k, v in (o.get("policy") or {}).items()))
+            objects.add((o["name"], o.get("protocol", ""), policy))
+    return TableView(frozenset(chains), tuple(rules), sets, frozenset(counters), frozenset(objects))
 
 
 def view_of_ruleset(rs: Ruleset) -> TableView:
@@ -118,7 +137,15 @@ def view_of_ruleset(rs: Ruleset) -> TableView:
         tuple(rs.rule_tags()),
         {s["name"]: (s["type"], _elem_nets(rs.elements[s["name"]])) for s in rs.sets},
         frozenset(COUNTERS),
+        frozenset((o.name, o.protocol, tuple(sorted(o.policy))) for o in rs.ct_timeouts),
     )
+
+
+# A throwaway table that only a dry run ever "creates": the kernel checks the
+# whole transaction and then aborts it.
+_PROBE = ("add table inet felix-nat64-probe\n"
+          "add ct timeout inet felix-nat64-probe probe { protocol udp; l3proto ip; "
+          "policy = { unreplied : 30 }; }")
 
 
 class NftTable:
@@ -127,6 +154,19 @@ class NftTable:
     def __init__(self, nft: Nft | None = None) -> None:
         self.nft = nft or Nft()
         self._log = EventLogger("nft")
+        self._ct_timeouts: bool | None = None
+
+    def ct_timeouts_supported(self) -> bool:
+        """Whether this kernel takes nftables `ct timeout` objects (needs
+        CONFIG_NF_CONNTRACK_TIMEOUT and nft_ct); checked once, by a dry run."""
+        if self._ct_timeouts is None:
+            try:
+                self.nft.run_text(_PROBE, dry_run=True)
+                self._ct_timeouts = True
+            except NftError as exc:
+                self._log.warning("conntrack timeout objects unsupported", error=str(exc))
+                self._ct_timeouts = False
+        return self._ct_timeouts
 
     def apply(self, desired: Ruleset | None) -> int:
         """Returns 1 if the table was (re)written or removed, else 0."""
@@ -137,21 +177,40 @@ class NftTable:
             self.nft.run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
             self._log.info("table removed")
             return 1
-        if items is not None:
-            have = view_of_kernel(items)
-            want = view_of_ruleset(desired)
-            if have == want:
-                return 0
-            self._log.info("table differs, rewriting", detail=_difference(have, want))
-            cmds = desired.commands()
-            if not have.chains <= want.chains or set(have.sets) - set(want.sets):
-                # Something we no longer declare (or a changed hook): start afresh.
-                cmds = [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}, *cmds]
-            self.nft.run(cmds)
+        want = view_of_ruleset(desired)
+        if items is None:
+            self._objects(desired)
+            self.nft.run(desired.commands())
+            self._log.info("table created")
             return 1
+        have = view_of_kernel(items)
+        if have == want:
+            return 0
+        self._log.info("table differs, rewriting", detail=_difference(have, want))
+        wanted_names = {name for name, _, _ in want.objects}
+        altered = {name for name, _, _ in have.objects - want.objects} & wanted_names
+        if not have.chains <= want.chains or set(have.sets) - set(want.sets) or altered:
+            # Something we no longer declare, a changed hook, or an object
+            # whose content someone changed: start afresh.
+            self.nft.run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
+            self._objects(desired)
+            self.nft.run(desired.commands())
+            return 1
+        self._objects(desired, have)
         self.nft.run(desired.commands())
-        self._log.info("table created")
+        stale = {name for name, _, _ in have.objects} - wanted_names
+        if stale:
+            # Only now does no rule refer to them. In text: libnftables 1.0.6
+            # aborts on a JSON `delete ct timeout`.
+            self.nft.run_text("\n".join(f"delete ct timeout {FAMILY} {TABLE} {name}"
+                                         for name in sorted(stale)))
         return 1
+
+    def _objects(self, desired: Ruleset, have: TableView | None = None) -> None:
+        """Creates the table and the `ct timeout` objects the rules refer to."""
+        present = {name for name, _, _ in have.objects} if have else set()
+        if have is None or {o.name for o in desired.ct_timeouts} - present:
+            self.nft.run_text(desired.object_commands())
 
 
 def _difference(have: TableView, want: TableView) -> str:
@@ -165,4 +224,6 @@ def _difference(have: TableView, want: TableView) -> str:
             parts.append(f"set {name}")
     if have.counters != want.counters:
         parts.append("counters")
+    if have.objects != want.objects:
+        parts.append("ct timeouts")
     return ",".join(parts) or "unknown"

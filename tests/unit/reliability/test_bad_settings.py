@@ -66,8 +66,14 @@ BAD_VALUES: tuple[tuple[str, str, str], ...] = (
     ("NAT64Prefixes", "64:ff9b::/96;2001:db8::/96", "not an IPv6 CIDR"),
     ("NAT64Prefixes", "64:ff9b::/96,64:ff9b::/96", "listed twice"),
     ("NAT64Prefixes", "64:ff9b::/96, 64:FF9B:0::/96", "listed twice"),
-    ("NAT64Prefixes", "64:ff9b::/96,64:ff9b::a00:0/104", "overlap"),
+    ("NAT64Prefixes", "64:ff9b::/96,64:ff9b::800:0/104", "overlap"),
     ("NAT64Prefixes", "2001:db8::a00:0/104,2001:db8::a0a:a0a/128", "overlap"),
+    ("NAT64Prefixes", "ff0e::/96", "multicast"),
+    ("NAT64Prefixes", "fe80::/96", "link-local"),
+    ("NAT64Prefixes", "::/96", "IPv4-compatible"),
+    ("NAT64Prefixes", "::ffff:0:0/96", "IPv4-mapped"),
+    ("NAT64Prefixes", "2001:db8:0:0:100::/96", "non-zero u octet"),
+    ("NAT64Prefixes", "64:ff9b::a00:0/104", "not globally reachable"),
     # NAT64Enabled
     ("NAT64Enabled", "maybe", "expected a boolean"),
     ("NAT64Enabled", "2", "expected a boolean"),
@@ -153,6 +159,12 @@ BAD_VALUES: tuple[tuple[str, str, str], ...] = (
     ("NAT64Pool4CIDR", "10.0.0.1/24", "host bits set"),
     ("NAT64Pool4CIDR", "banana", "not an IPv4 CIDR"),
     ("NAT64Pool4CIDR", "", "not an IPv4 CIDR"),
+    ("NAT64Pool4CIDR", "169.254.169.0/24", "contains 169.254.169.254"),
+    ("NAT64Pool4CIDR", "169.254.0.0/22", "contains 169.254.1.1"),
+    # NAT64RefusedCIDRs
+    ("NAT64RefusedCIDRs", "2001:db8::/32", "IPv6 CIDR where an IPv4"),
+    ("NAT64RefusedCIDRs", "168.63.129.16/32,banana", "not an IPv4 CIDR"),
+    ("NAT64RefusedCIDRs", "10.0.0.1/8", "host bits set"),
     # NAT64FirewallMark
     ("NAT64FirewallMark", "0x4000", "kube-proxy"),
     ("NAT64FirewallMark", "0x8000", "kube-proxy"),
@@ -456,7 +468,8 @@ def test_several_bad_values_are_all_reported_at_once(settings_log: list[logging.
 # Whitespace and case variants of valid values are accepted, with the same meaning.
 
 GOOD_VALUES: dict[str, tuple[str, ...]] = {
-    "NAT64Prefixes": ("64:ff9b::/96", "64:ff9b::/96,2001:db8:64::/96", "2001:db8::a00:0/104", "64:ff9b::"),
+    "NAT64Prefixes": ("64:ff9b::/96", "64:ff9b::/96,2001:db8:64::/96", "2001:db8::a00:0/104",
+                      "64:ff9b::808:808"),
     "NAT64Enabled": ("true", "false", "yes", "off", "1", "t"),
     "NAT64SNATAddress": ("192.0.2.10",),
     "NAT64SourceCIDRs": ("fd00:10::/64", "fd00:10::/64,fd00:20::/64"),
@@ -468,6 +481,7 @@ GOOD_VALUES: dict[str, tuple[str, ...]] = {
     "NAT64UDPTimeout": ("5m", "2m30s", "120"),
     "NAT64ICMPTimeout": ("60s", "1.5s", "1500ms", "1"),
     "NAT64Pool4CIDR": ("169.254.64.0/24", "100.127.0.0/24", "10.99.0.0/28"),
+    "NAT64RefusedCIDRs": ("168.63.129.16/32", "", "203.0.113.0/24,192.0.2.7"),
     "NAT64FirewallMark": ("0x1000", "4096", "0x200"),
     "NAT64RoutingTable": ("6464", "251", "0x1940", "252", "256"),
     "NAT64RoutingRulePriority": ("96", "1", "32765"),

@@ -29,9 +29,9 @@ from hypothesis import strategies as st
 
 from felix_nat64.dataplane.loop import DataplaneLoop, LoopOptions, StreamEnd
 from felix_nat64.dataplane.managers import FelixView
-from felix_nat64.model.desired import CapacityError, build_desired
+from felix_nat64.model.desired import DesiredStateError, build_desired
 from felix_nat64.model.settings import Settings, resolve_settings
-from felix_nat64.model.state import DesiredState, Host, Inputs, Pool
+from felix_nat64.model.state import DesiredState, Host, Inputs, Pool, TunnelAddress
 from felix_nat64.model.workloads import Workload
 from felix_nat64.observe.status import StatusBoard
 from felix_nat64.testing import protowire as pw
@@ -74,6 +74,8 @@ class Model:
     hosts: dict[str, tuple[A4 | None, A6 | None]] = field(default_factory=dict)
     # Pods by endpoint: they only name sessions, never change the desired state.
     endpoints: dict[m.EndpointId, tuple[str, tuple[N6, ...]]] = field(default_factory=dict)
+    tunnels: dict[tuple[str, str], tuple[A4, ...]] = field(default_factory=dict)
+    services: tuple[N4 | N6, ...] = ()
 
     def fold(self, event: object) -> None:
         if isinstance(event, m.InSync):
@@ -107,6 +109,12 @@ class Model:
             self.endpoints[event.endpoint_id] = (event.endpoint_id.workload, tuple(nets[:8]))
         elif isinstance(event, m.EndpointRemove):
             self.endpoints.pop(event.endpoint_id, None)
+        elif isinstance(event, m.TunnelUpdate):
+            self.tunnels[(event.hostname, event.kind)] = event.addresses
+        elif isinstance(event, m.TunnelRemove):
+            self.tunnels.pop((event.hostname, event.kind), None)
+        elif isinstance(event, m.ServiceCidrs):
+            self.services = event.cidrs
         else:
             assert isinstance(event, m.Undecodable), f"pump emitted {event!r}"
 
@@ -119,10 +127,12 @@ class Model:
             tuple(self.pools[k] for k in sorted(self.pools)),
             tuple(Host(name, *self.hosts[name]) for name in sorted(self.hosts)),
             dict(previous_blocks),
+            tuple(sorted({TunnelAddress(h, k, a) for (h, k), addrs in self.tunnels.items() for a in addrs})),
+            tuple(sorted(self.services, key=str)),
         )
         try:
             return build_desired(inputs)
-        except CapacityError:
+        except DesiredStateError:
             return None
 
 

@@ -211,7 +211,7 @@ def apply_steps(desired: DesiredState) -> list[Step]:
     mtu = KernelDataplane(jool).mtu_for(desired)
     steps: list[Step] = []
     for t in desired.translators:
-        config = jool_config(t, desired, mtu)
+        config = jool_config(t, desired)
         only = partial(dataclasses.replace, config, globals={})
         steps += [
             Step(f"{t.parent} namespace", partial(create_namespace, t.namespace)),

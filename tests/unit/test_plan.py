@@ -1,0 +1,65 @@
+"""The desired state in kernel terms: routes, Jool globals, nftables objects."""
+
+import ipaddress
+import json
+from dataclasses import replace
+
+from felix_nat64.drivers.kernel import mtu_warnings
+from felix_nat64.drivers.nft.ruleset import ct_timeouts, render
+from felix_nat64.drivers.plan import LOWEST_IPV6_MTU, MAIN_TABLE, jool_config, node_routes
+from felix_nat64.model.desired import build_desired
+from felix_nat64.model.settings import Settings
+from felix_nat64.model.state import Inputs, Pool
+
+N6 = ipaddress.IPv6Network
+N4 = ipaddress.IPv4Network
+NSP = N6("2001:db8:64::/96")
+
+
+def desired(**kw: object):
+    s = replace(Settings(prefixes=(N6("64:ff9b::/96"), NSP), hostname="n"), **kw)
+    return build_desired(Inputs(s, (Pool("pods", N6("fd00:10:244::/64"), True),)))
+
+
+def test_routes_end_in_unreachable_catch_alls() -> None:
+    d = desired()
+    catch_alls = [r for r in node_routes(d) if r.unreachable]
+    assert [(str(r.dst), r.table) for r in catch_alls] == [("::/0", 6464), ("169.254.64.0/24", MAIN_TABLE)]
+    assert all(r.gateway is None and r.dev is None for r in catch_alls)
+
+
+def test_jool_cuts_ipv4_without_df_into_1280_byte_ipv6_packets() -> None:
+    d = desired(mtu=9000)
+    assert LOWEST_IPV6_MTU == 1280
+    assert all(jool_config(t, d).globals["lowest-ipv6-mtu"] == 1280 for t in d.translators)
+
+
+def test_translator_has_a_routable_address_of_its_own() -> None:
+    t = next(t for t in desired().translators if t.parent == NSP)
+    assert t.link_ns_addr6 == ipaddress.IPv6Interface(f"2001:db8:64::{t.link_ns_addr.ip}/128")
+    assert t.link_ns_addr6.ip in t.parent and not t.link_ns_addr6.ip.is_link_local
+
+
+def test_ct_timeouts_follow_the_nat64_timeouts() -> None:
+    tcp, udp = ct_timeouts(desired(udp_timeout=600.0, tcp_established_timeout=10800.0))
+    assert udp.name == "udp-600" and dict(udp.policy) == {"unreplied": 600, "replied": 600}
+    assert tcp.name == "tcp-240-10800" and dict(tcp.policy)["established"] == 10800
+    assert dict(tcp.policy)["time_wait"] == 240 and "retrans" not in dict(tcp.policy)
+    assert "policy = { unreplied : 600, replied : 600 }" in udp.text()
+
+
+def test_nat_keeps_ports_and_exhausted_translators_get_their_prefixes() -> None:
+    d = replace(desired(), exhausted=((NSP, "udp"),))
+    rs = render(d)
+    text = json.dumps(rs.commands())
+    assert "random" not in text and "masquerade" in text
+    assert rs.elements["exhausted_udp6"] == [{"prefix": {"addr": "2001:db8:64::", "len": 96}}]
+    assert rs.elements["exhausted_tcp6"] == []
+    assert render(d, with_ct_timeouts=False).ct_timeouts == ()
+
+
+def test_nat64_mtu_above_the_pod_mtu_is_warned_about() -> None:
+    assert mtu_warnings(None, 1440) == [] and mtu_warnings(1440, 1440) == []
+    assert mtu_warnings(1500, None) == []
+    (warning,) = mtu_warnings(9000, 1440)
+    assert "NAT64MTU 9000 exceeds the pod network MTU 1440" in warning
