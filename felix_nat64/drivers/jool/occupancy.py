@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections import Counter
 
 from felix_nat64.drivers.jool.client import JoolClient
+from felix_nat64.model.protocol import PROTOCOLS, Protocol
 from felix_nat64.model.state import JOOL_INSTANCE
 
-PROTOCOLS = ("tcp", "udp", "icmp")
 # The counters each protocol's allocation failures land in.
-FAILURE_COUNTERS = {"tcp": "JSTAT_UNKNOWN", "udp": "JSTAT_BIB6_NOT_FOUND", "icmp": "JSTAT_BIB6_NOT_FOUND"}
+FAILURE_COUNTERS = {str(Protocol.TCP): "JSTAT_UNKNOWN", str(Protocol.UDP): "JSTAT_BIB6_NOT_FOUND",
+                    str(Protocol.ICMP): "JSTAT_BIB6_NOT_FOUND"}
 
 
 def allocation_failures(namespace: str) -> dict[str, int]:
@@ -26,7 +27,7 @@ def allocation_failures(namespace: str) -> dict[str, int]:
     return {name: stats.get(name, 0) for name in set(FAILURE_COUNTERS.values())}
 
 
-def pool4_fill(namespace: str, protocols: tuple[str, ...] = PROTOCOLS) -> dict[str, float]:
+def pool4_fill(namespace: str, protocols: tuple[Protocol, ...] = PROTOCOLS) -> dict[str, float]:
     """BIB entries per pool4 transport address, per protocol (1.0: full).
 
     Walks the BIB of each protocol asked for: call it when failures rose, not
@@ -35,5 +36,5 @@ def pool4_fill(namespace: str, protocols: tuple[str, ...] = PROTOCOLS) -> dict[s
         capacity: Counter[str] = Counter()
         for entry in jool.pool4_list(JOOL_INSTANCE):
             capacity[entry.proto] += entry.prefix.num_addresses * (entry.port_max - entry.port_min + 1)
-        return {proto: len(jool.bib_list(JOOL_INSTANCE, proto)) / capacity[proto]
+        return {str(proto): len(jool.bib_list(JOOL_INSTANCE, proto)) / capacity[proto]
                 for proto in protocols if capacity[proto]}
