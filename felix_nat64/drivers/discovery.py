@@ -24,6 +24,10 @@ from felix_nat64.model import ownership
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# rtnetlink route types (include/uapi/linux/rtnetlink.h).
+RTN_UNICAST = 1
+RTN_UNREACHABLE = 7
+
 
 @dataclass(frozen=True)
 class FoundTranslator:
@@ -53,7 +57,8 @@ class FoundRoute:
     oif: int | None
 
     def __str__(self) -> str:
-        return f"route {self.dst} table {self.table}"
+        kind = "unreachable " if self.kind == RTN_UNREACHABLE else ""
+        return f"route {kind}{self.dst} table {self.table}"
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,8 @@ from pyroute2 import IPRoute
 from felix_nat64.drivers import discovery
 from felix_nat64.drivers.plan import Route
 from felix_nat64.logs import EventLogger
+from felix_nat64.drivers.discovery import RTN_UNICAST, RTN_UNREACHABLE
 from felix_nat64.model.ownership import ROUTE_PROTO
-
-RTN_UNICAST = 1
-RTN_UNREACHABLE = 7
 
 
 @dataclass(frozen=True)

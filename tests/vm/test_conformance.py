@@ -24,6 +24,7 @@ from pyroute2.conntrack import NFCTAttrTuple
 
 from felix_nat64.drivers.jool.client import JoolClient
 from felix_nat64.drivers.nft.table import Nft
+from felix_nat64.model.protocol import Protocol
 from felix_nat64.model.state import JOOL_INSTANCE, Translator
 from testbed.netns_exec import (
     netns_exists,
@@ -119,11 +120,11 @@ def echo(sock: socket.socket, ipv4: str, payload: bytes = b"ping", timeout: floa
     raise AssertionError(f"no echo from {ipv4} within {timeout}s")
 
 
-def bib_port(sock: socket.socket) -> int:
-    """The pool4 port Jool's BIB gave the socket's transport address."""
-    local = ipaddress.IPv6Address(sock.getsockname()[0].split("%")[0]), sock.getsockname()[1]
+def bib_port(node: Node, sock: socket.socket) -> int:
+    """The pool4 port Jool's BIB gave the first pod's socket."""
+    local = node.topo.pod(0).address, sock.getsockname()[1]
     with JoolClient.open(T_NSP.namespace) as jool:
-        for entry in jool.bib_list(JOOL_INSTANCE, "udp"):
+        for entry in jool.bib_list(JOOL_INSTANCE, Protocol.UDP):
             if (entry.ipv6.address, entry.ipv6.port) == local:
                 return entry.ipv4.port
     raise AssertionError(f"no BIB entry for {local}")
@@ -150,7 +151,7 @@ class TestIpv4LegMapping:
             assert {address for address, _ in seen.values()} == {"192.0.2.1"}, seen
             assert len({port for _, port in seen.values()}) == 1, seen
             # The node kept Jool's pool4 port: the public port is the BIB's.
-            assert seen[DOC][1] == bib_port(sock), seen
+            assert seen[DOC][1] == bib_port(node, sock), seen
 
     def test_a_mapping_outlives_conntracks_udp_default(self, node: Node, driver: RunningDriver) -> None:
         # One request and its answer: without the NAT64 timeout, conntrack
@@ -255,7 +256,7 @@ class TestWhatMayBeReached:
             echo(sock, DOC)  # a BIB entry: pool4 address and port -> this socket
             local = sock.getsockname()[1]
             with JoolClient.open(T_NSP.namespace) as jool:
-                (bib,) = [b for b in jool.bib_list(JOOL_INSTANCE, "udp") if b.ipv6.port == local]
+                (bib,) = [b for b in jool.bib_list(JOOL_INSTANCE, Protocol.UDP) if b.ipv6.port == local]
             blocked = counter("inbound_blocked")
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as node_sock:
                 node_sock.sendto(b"from the node", (str(bib.ipv4.address), bib.ipv4.port))
