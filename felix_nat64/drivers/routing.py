@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 
 from felix_nat64.drivers import discovery
+from felix_nat64.drivers.discovery import RTN_UNICAST, RTN_UNREACHABLE
 from felix_nat64.drivers.plan import Route
 from felix_nat64.logs import EventLogger
-from felix_nat64.drivers.discovery import RTN_UNICAST, RTN_UNREACHABLE
 from felix_nat64.model.ownership import ROUTE_PROTO
 
 
@@ -120,7 +120,8 @@ class NodeRouting:
 def _matches(cur: discovery.FoundRoute, want: Route, links: dict[str, int]) -> bool:
     if want.unreachable:
         return cur.kind == RTN_UNREACHABLE
-    return cur.kind == RTN_UNICAST and cur.gateway == str(want.gateway) and cur.oif == links.get(str(want.dev))
+    return (cur.kind == RTN_UNICAST and cur.gateway == str(want.gateway)
+            and cur.oif == links.get(str(want.dev)))
 
 
 def _family(route: Route) -> int:

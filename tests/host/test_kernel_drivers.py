@@ -184,7 +184,7 @@ class TestNftTable:
         # No random port selection: the pool4 port is kept where it is free.
         assert "192.0.2.10" in text and "random" not in text
 
-    def test_ct_timeouts_carry_the_nat64_timeouts_and_follow_changes(self, node: NamespaceThread) -> None:
+    def test_ct_timeouts_carry_the_nat64_timeouts_and_follow_changes(self, node: NamespaceExecutor) -> None:
         assert node.call(lambda: NftTable().ct_timeouts_supported())
         d = desired_state("64:ff9b::/96", udp_timeout=600.0)
         assert node.call(lambda: NftTable().apply(render(d))) == 1

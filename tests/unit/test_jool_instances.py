@@ -114,7 +114,7 @@ class Client:
 def config(**settings: Any) -> JoolConfig:
     s = replace(Settings(prefixes=(N6("64:ff9b::/96"),), hostname="node"), **settings)
     d = build_desired(Inputs(s))
-    return jool_config(d.translators[0], d, 1500)
+    return jool_config(d.translators[0], d)
 
 
 @pytest.fixture
@@ -125,14 +125,14 @@ def jool() -> InMemoryJool:
 def test_a_new_instance_gets_pool6_pool4_and_globals_and_a_second_ensure_sends_nothing(
         jool: InMemoryJool) -> None:
     driver = JoolInstances(jool.open)
-    assert driver.ensure(NS, config()) == 5
+    assert driver.ensure(NS, config()) == 4
+    # The default globals (lowest-ipv6-mtu 1280 among them) are Jool's own:
+    # no global update.
     assert jool.journal == [
         ("instance add", "64:ff9b::/96"),
         ("pool4 add", "169.254.64.8/29", "tcp", "1024-65535"),
         ("pool4 add", "169.254.64.8/29", "udp", "1024-65535"),
         ("pool4 add", "169.254.64.8/29", "icmp", "0-65535"),
-        # Only the MTU differs.
-        ("global update", "lowest-ipv6-mtu"),
     ]
     jool.journal.clear()
     assert driver.ensure(NS, config()) == 0

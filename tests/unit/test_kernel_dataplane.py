@@ -134,6 +134,9 @@ class FakeTable:
         self.node._note("nft", "on" if desired is not None else "off")
         return 1
 
+    def ct_timeouts_supported(self) -> bool:
+        return True
+
 
 def test_cold_apply_builds_translators_then_routes_then_steering() -> None:
     node = Node()

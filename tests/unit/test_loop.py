@@ -2,6 +2,7 @@
 kernel and a manual clock standing in for time: no test here sleeps."""
 
 import ipaddress
+import queue
 from collections.abc import Iterable
 from pathlib import Path
 from types import MappingProxyType

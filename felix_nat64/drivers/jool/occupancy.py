@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import Counter
 
 from felix_nat64.drivers.jool.client import JoolClient
+from felix_nat64.model.ownership import JOOL_INSTANCE
 from felix_nat64.model.protocol import PROTOCOLS, Protocol
-from felix_nat64.model.state import JOOL_INSTANCE
 
 # The counters each protocol's allocation failures land in.
 FAILURE_COUNTERS = {str(Protocol.TCP): "JSTAT_UNKNOWN", str(Protocol.UDP): "JSTAT_BIB6_NOT_FOUND",
