@@ -22,10 +22,12 @@ import pytest
 from pyroute2 import Conntrack
 from pyroute2.conntrack import NFCTAttrTuple
 
+from felix_nat64.dataplane.fold import desired_from
 from felix_nat64.drivers.jool.client import JoolClient
 from felix_nat64.drivers.nft.table import Nft
+from felix_nat64.model.ownership import JOOL_INSTANCE
 from felix_nat64.model.protocol import Protocol
-from felix_nat64.model.state import JOOL_INSTANCE, Translator
+from felix_nat64.model.state import Translator
 from testbed.netns_exec import (
     netns_exists,
     read_sysctls,
@@ -40,7 +42,6 @@ from tests.vm.dataplane_fixtures import (
     WKP,
     Node,
     RunningDriver,
-    desired_from,
     nat64,
     node_stream,
     start_driver,
