@@ -23,7 +23,7 @@ from felix_nat64.cli import exitcodes
 from felix_nat64.cli.errors import CliError
 from felix_nat64.dataplane.loop import DataplaneLoop, StreamEnd
 from felix_nat64.dataplane.managers import FelixView
-from felix_nat64.dataplane.pool4watch import Pool4Pressure, Pool4Watch
+from felix_nat64.dataplane.pool4watch import FULL, Pool4Pressure, Pool4Watch
 from felix_nat64.drivers.api import Dataplane
 from felix_nat64.model.settings import Settings
 from felix_nat64.model.workloads import WorkloadIndex
@@ -197,8 +197,10 @@ def build_pool4_watch(translators: Callable[[], Mapping[ipaddress.IPv6Network, s
                       post: Callable[[Pool4Pressure], None]) -> Pool4Watch:
     from felix_nat64.drivers.jool import occupancy  # noqa: PLC0415
 
-    return Pool4Watch(translators, post, occupancy.allocation_failures, occupancy.pool4_fill,
-                      occupancy.FAILURE_COUNTERS)
+    def fill(namespace: str) -> Mapping[str, float]:
+        return occupancy.pool4_fill(namespace, exact_from=FULL)
+
+    return Pool4Watch(translators, post, occupancy.allocation_failures, fill, occupancy.FAILURE_COUNTERS)
 
 
 def build_dataplane(mtu_file: str | None) -> Dataplane:

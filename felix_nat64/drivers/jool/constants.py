@@ -280,3 +280,7 @@ def stat_names(revision: int) -> tuple[str, ...]:
     else:
         joold = (*_STATS_JOOLD_HEAD, *_STATS_JOOLD_TAIL)
     return (*_STATS_COMMON, *joold, "JSTAT_UNKNOWN")
+
+# Jool's count of its BIB entries, every protocol together (a gauge among
+# the event counters; observe/kernel_stats.py reads it for the metrics).
+JSTAT_BIB_ENTRIES = "JSTAT_BIB_ENTRIES"
