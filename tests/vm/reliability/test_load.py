@@ -136,6 +136,8 @@ class TestLoad:
                                           flow_timeout=HOLD_SECONDS + 60.0, hold=HOLD_SECONDS)
 
         threads = [threading.Thread(target=burst, args=(i,)) for i in (0, 1)]
+        namespace = translator_namespace(LOAD_STREAM, NSP)
+        jool_before = jool_stats(namespace)
         began = time.monotonic()
         for thread in threads:
             thread.start()
@@ -144,7 +146,11 @@ class TestLoad:
         elapsed = time.monotonic() - began
         peaks = sampler.stop()
         status = steady.status()
+        _, text = scrape()
         record("load", "concurrent_flows", {
+            "jool_stat_deltas": stat_deltas(jool_before, jool_stats(namespace)),
+            "nft_pool4_exhausted": metric(text, "calico_nat64_nft_packets_total", rule="pool4_exhausted"),
+            "nft_unrouted": metric(text, "calico_nat64_nft_packets_total", rule="unrouted"),
             "flows": sum(r.flows for r in results.values()),
             "succeeded": sum(r.succeeded for r in results.values()),
             "failed": sum(r.failed for r in results.values()),
@@ -299,8 +305,10 @@ class TestPool4Exhaustion:
         assert not any(refused), refused
         assert all(again), "sessions that were admitted stopped working once pool4 was full"
         deltas = stat_deltas(before, after)
-        # Jool drops a UDP (or ICMP) packet it cannot give a pool4 port as "no BIB entry".
-        assert deltas.get("JSTAT_BIB6_NOT_FOUND", 0) >= 8, deltas
+        # Jool drops a UDP (or ICMP) packet it cannot give a pool4 port as "no
+        # BIB entry"; within a second of the first, the node rejects the rest
+        # itself (dataplane/pool4watch.py), so they never reach Jool.
+        assert deltas.get("JSTAT_BIB6_NOT_FOUND", 0) >= 1, deltas
         # The other translator has its own pool4.
         assert udp_exchange(pod(node), nat64(WKP, GLOBAL), reply_timeout=5).ok
         surfaced = self._surfaced(node, small, "udp")
@@ -326,7 +334,8 @@ class TestPool4Exhaustion:
         assert not any(r.ok for r in extra), [r.error for r in extra]
         assert all(r.ok for r in reports), [r.failures for r in reports if not r.ok]
         deltas = stat_deltas(before, after)
-        # Jool's TCP path counts a SYN it cannot map as JSTAT_UNKNOWN.
+        # Jool's TCP path counts a SYN it cannot map as JSTAT_UNKNOWN (the
+        # four parallel SYNs reach it before the node starts rejecting).
         assert deltas.get("JSTAT_UNKNOWN", 0) >= 4, deltas
         assert tcp_request(pod(node), nat64(WKP, GLOBAL), timeout=20).ok
         record("exhaustion", "tcp", {"capacity": CAPACITY, "held": sum(connected),
