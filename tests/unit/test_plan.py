@@ -41,10 +41,17 @@ def test_translator_has_a_routable_address_of_its_own() -> None:
 
 
 def test_ct_timeouts_follow_the_nat64_timeouts() -> None:
-    # UDP only: TCP keeps conntrack's own timeouts.
-    (udp,) = ct_timeouts(desired(udp_timeout=600.0, tcp_established_timeout=10800.0))
+    tcp, udp = ct_timeouts(desired(udp_timeout=600.0, tcp_established_timeout=10800.0,
+                                   tcp_transitory_timeout=300.0))
     assert udp.name == "udp-600" and dict(udp.policy) == {"unreplied": 600, "replied": 600}
     assert "policy = { unreplied : 600, replied : 600 }" in udp.text()
+    # Established gets Jool's established timer, every other state the transitory one.
+    assert tcp.name == "tcp-10800-300"
+    assert dict(tcp.policy) == {"established": 10800, "syn_sent": 300, "syn_recv": 300, "fin_wait": 300,
+                                "close_wait": 300, "last_ack": 300, "time_wait": 300, "close": 300}
+    # Swapped values are another object, not a name collision.
+    (swapped, _) = ct_timeouts(desired(tcp_established_timeout=300.0, tcp_transitory_timeout=10800.0))
+    assert swapped.name == "tcp-300-10800"
 
 
 def test_nat_keeps_ports_and_exhausted_translators_get_their_prefixes() -> None:

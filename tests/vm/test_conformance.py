@@ -36,7 +36,7 @@ from testbed.netns_exec import (
     write_sysctls,
 )
 from testbed.topology import cached_path_mtu
-from testbed.traffic import ping, traceroute, udp_exchange
+from testbed.traffic import ping, tcp_request, traceroute, udp_exchange
 from tests.vm.dataplane_fixtures import (
     NSP,
     WKP,
@@ -131,11 +131,11 @@ def bib_port(node: Node, sock: socket.socket) -> int:
     raise AssertionError(f"no BIB entry for {local}")
 
 
-def ipv4_leg(server: str) -> list[tuple[int, int]]:
+def ipv4_leg(server: str, proto: int = socket.IPPROTO_UDP) -> list[tuple[int, int]]:
     """(public port, seconds left) of the node's conntrack entries from pool4 to `server`."""
     found = []
     with Conntrack() as ct:
-        for entry in ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=socket.IPPROTO_UDP, daddr=server)):
+        for entry in ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=proto, daddr=server)):
             if ipaddress.IPv4Address(entry.tuple_orig.saddr) in T_NSP.pool4:
                 found.append((int(entry.tuple_reply.dport), int(entry.timeout)))
     return found
@@ -165,6 +165,20 @@ class TestIpv4LegMapping:
             assert [e for e in ipv4_leg(DOC) if e[0] == first], "the IPv4 leg's mapping expired"
             _, again = echo(sock, DOC)
             assert again == first
+
+    def test_a_closed_tcp_mapping_lives_for_the_transitory_timeout(self, node: Node,
+                                                                  driver: RunningDriver) -> None:
+        # After a close, conntrack would keep the entry 120 s (TIME_WAIT);
+        # Jool keeps the session for NAT64TCPTransitoryTimeout (4 min).
+        before = {port for port, _ in ipv4_leg(DOC, socket.IPPROTO_TCP)}
+        assert tcp_request(pod(node), nat64(NSP, DOC), 8080).ok
+        deadline = time.monotonic() + 5
+        while True:  # the last ACK of the close may still be on its way
+            closed = [e for e in ipv4_leg(DOC, socket.IPPROTO_TCP) if e[0] not in before]
+            if (closed and all(left <= 240 for _, left in closed)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert closed and all(200 < left <= 240 for _, left in closed), closed
 
 
 class TestFragments:

@@ -30,11 +30,11 @@ postrouting (nat, srcnat priority)
     so that one pool4 transport address shows the same public port to every
     destination (RFC 4787 REQ-1, endpoint-independent mapping).
 timeouts (filter, just after conntrack)
-    new UDP conntrack entries of both legs of a NAT64 flow get a `ct timeout`
-    object made from NAT64UDPTimeout, so the node's mapping lives at least
-    as long as Jool's session (RFC 4787 REQ-5) instead of conntrack's 30 s
-    UDP default, and the pod's flow stays established for Felix's policy as
-    long as the translator keeps it.
+    new TCP and UDP conntrack entries of both legs of a NAT64 flow get a
+    `ct timeout` object made from the NAT64*Timeout settings, so the node's
+    mapping lives as long as Jool's session (RFC 4787 REQ-5) instead of
+    conntrack's 30 s UDP default, and the pod's flow stays established for
+    Felix's policy as long as the translator keeps it.
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ class CtTimeout:
 
     @property
     def name(self) -> str:
-        seconds = sorted({value for _, value in self.policy})
+        # Distinct values in policy order: TCP's is established, transitory.
+        seconds = dict.fromkeys(value for _, value in self.policy)
         return f"{self.protocol}-" + "-".join(str(value) for value in seconds)
 
     def text(self) -> str:
@@ -107,20 +108,30 @@ class CtTimeout:
                 f"l3proto ip; policy = {{ {policy} }}; }}")
 
 
+# conntrack's TCP states that Jool's transitory timer covers: every state
+# but established (RFC 6146 section 3.5.2.2: a session that is opening,
+# closing or reset lives for the transitory lifetime).
+TCP_TRANSITORY_STATES = ("syn_sent", "syn_recv", "fin_wait", "close_wait", "last_ack", "time_wait",
+                         "close")
+
+
 def ct_timeouts(desired: DesiredState) -> tuple[CtTimeout, ...]:
     """The conntrack timeouts of NAT64 flows, from the NAT64 session timeouts.
 
-    UDP only. conntrack forgets a UDP mapping 30 s after a single exchange,
-    long before Jool's session ends; its TCP timeouts already outlive Jool's
-    for established connections (5 days against 2 h 4 min). A TCP object
-    was tried: with it, about 6% of 2,000 concurrent connections through the
-    node in the VM hung or were reset (tests/vm/reliability/test_load.py),
-    none without it, so TCP keeps conntrack's own timeouts. ICMP has none
-    either: the nft 1.0.6 parser takes `ct timeout` objects for TCP and UDP
-    only.
+    conntrack forgets a UDP mapping 30 s after a single exchange and a TCP
+    one 2 min after its close or 10 s after a reset, while Jool keeps the
+    session 5 and 4 minutes. An established TCP entry gets Jool's
+    established timeout, not conntrack's 5 days: beyond it the translator
+    has forgotten the session anyway. ICMP has none: the nft 1.0.6 parser
+    takes `ct timeout` objects for TCP and UDP only.
     """
     udp = int(desired.timeouts.udp)
-    return (CtTimeout("udp", (("unreplied", udp), ("replied", udp))),)
+    transitory = int(desired.timeouts.tcp_transitory)
+    return (
+        CtTimeout("tcp", (("established", int(desired.timeouts.tcp_established)),
+                          *((state, transitory) for state in TCP_TRANSITORY_STATES))),
+        CtTimeout("udp", (("unreplied", udp), ("replied", udp))),
+    )
 
 
 def _net_elem(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Any:

@@ -4,9 +4,13 @@ The kernel's table is read back and compared with the desired one (chains,
 tagged rules in order, set contents, counters, `ct timeout` objects). When
 anything differs, the table is refilled in one libnftables transaction:
 either everything changes or nothing does, and named counters keep their
-values. `ct timeout` objects are created just before, in a transaction of
-their own written in nft's text syntax (see `CtTimeout.text`). Tables we do
-not own are never listed, flushed or changed.
+values. The table itself is never deleted while it is wanted: between a
+delete and the next create, steered packets would leave untranslated.
+`ct timeout` objects are created just before, in a transaction of their own
+written in nft's text syntax (see `CtTimeout.text`), and compared by name
+only: the name carries the timeouts, while a listing leaves out every
+policy value equal to the kernel's default. Tables we do not own are never
+listed, flushed or changed.
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ class TableView:
     """The parts of our table that the comparison looks at."""
 
     chains: frozenset[tuple[str, str, str, int]]
+    # (chain, tag), grouped by chain in a stable sort: only the order within
+    # a chain matters, and a listing gives chains in the order they were made.
     rules: tuple[tuple[str, str], ...]
     sets: dict[str, tuple[str, frozenset[Net]]]
     counters: frozenset[str]
-    # ct timeout objects: (name, protocol, policy); the policy as listed
-    objects: frozenset[tuple[str, str, tuple[tuple[str, int], ...]]] = frozenset()
+    # ct timeout objects: (name, protocol)
+    objects: frozenset[tuple[str, str]] = frozenset()
 
 
 class Nft:
@@ -110,6 +116,10 @@ def _elem_nets(elems: Iterable[Any]) -> frozenset[Net]:
     return frozenset([*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6)])
 
 
+def _by_chain(rules: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(rules, key=lambda rule: rule[0]))
+
+
 def view_of_kernel(items: list[dict[str, Any]]) -> TableView:
     chains, rules, sets, counters, objects = set(), [], {}, set(), set()
     for item in items:
@@ -126,18 +136,17 @@ def view_of_kernel(items: list[dict[str, Any]]) -> TableView:
             counters.add(item["counter"]["name"])
         elif "ct timeout" in item:
             o = item["ct timeout"]
-            policy = tuple(sorted((str(k), int(v)) for k, v in (o.get("policy") or {}).items()))
-            objects.add((o["name"], o.get("protocol", ""), policy))
-    return TableView(frozenset(chains), tuple(rules), sets, frozenset(counters), frozenset(objects))
+            objects.add((o["name"], o.get("protocol", "")))
+    return TableView(frozenset(chains), _by_chain(rules), sets, frozenset(counters), frozenset(objects))
 
 
 def view_of_ruleset(rs: Ruleset) -> TableView:
     return TableView(
         frozenset((c["name"], c["type"], c["hook"], c["prio"]) for c in rs.chains),
-        tuple(rs.rule_tags()),
+        _by_chain(rs.rule_tags()),
         {s["name"]: (s["type"], _elem_nets(rs.elements[s["name"]])) for s in rs.sets},
         frozenset(COUNTERS),
-        frozenset((o.name, o.protocol, tuple(sorted(o.policy))) for o in rs.ct_timeouts),
+        frozenset((o.name, o.protocol) for o in rs.ct_timeouts),
     )
 
 
@@ -187,18 +196,9 @@ class NftTable:
         if have == want:
             return 0
         self._log.info("table differs, rewriting", detail=_difference(have, want))
-        wanted_names = {name for name, _, _ in want.objects}
-        altered = {name for name, _, _ in have.objects - want.objects} & wanted_names
-        if not have.chains <= want.chains or set(have.sets) - set(want.sets) or altered:
-            # Something we no longer declare, a changed hook, or an object
-            # whose content someone changed: start afresh.
-            self.nft.run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
-            self._objects(desired)
-            self.nft.run(desired.commands())
-            return 1
         self._objects(desired, have)
-        self.nft.run(desired.commands())
-        stale = {name for name, _, _ in have.objects} - wanted_names
+        self.nft.run(_removals(have, want) + desired.commands())
+        stale = {name for name, _ in have.objects - want.objects}
         if stale:
             # Only now does no rule refer to them. In text: libnftables 1.0.6
             # aborts on a JSON `delete ct timeout`.
@@ -208,9 +208,26 @@ class NftTable:
 
     def _objects(self, desired: Ruleset, have: TableView | None = None) -> None:
         """Creates the table and the `ct timeout` objects the rules refer to."""
-        present = {name for name, _, _ in have.objects} if have else set()
+        present = {name for name, _ in have.objects} if have else set()
         if have is None or {o.name for o in desired.ct_timeouts} - present:
             self.nft.run_text(desired.object_commands())
+
+
+def _removals(have: TableView, want: TableView) -> list[dict[str, Any]]:
+    """Commands that clear what the refill cannot overwrite: chains and sets
+    we no longer declare or whose hook or type changed. They run in the
+    refill's transaction, after a flush of every rule that could refer to
+    them."""
+    wanted_chains = {chain[0]: chain for chain in want.chains}
+    old_chains = sorted(c[0] for c in have.chains if wanted_chains.get(c[0]) != c)
+    old_sets = sorted(name for name, (kind, _) in have.sets.items()
+                      if name not in want.sets or want.sets[name][0] != kind)
+    if not old_chains and not old_sets:
+        return []
+    cmds: list[dict[str, Any]] = [{"flush": {"table": {"family": FAMILY, "name": TABLE}}}]
+    cmds += [{"delete": {"chain": {"family": FAMILY, "table": TABLE, "name": n}}} for n in old_chains]
+    cmds += [{"delete": {"set": {"family": FAMILY, "table": TABLE, "name": n}}} for n in old_sets]
+    return cmds
 
 
 def _difference(have: TableView, want: TableView) -> str:
