@@ -47,8 +47,8 @@ DEFAULT_MTU_FILE = "/var/lib/calico/mtu"
 DEFAULT_PARALLELISM = 1
 CT_TIMEOUTS_MISSING = (
     "this kernel has no nftables conntrack timeout objects (CONFIG_NF_CONNTRACK_TIMEOUT, nft_ct): "
-    "NAT64 flows keep conntrack's own timeouts (UDP 30 s after one exchange), shorter than the NAT64 "
-    "session timeouts, so a mapping idle that long may change its public port"
+    "NAT64 flows keep conntrack's own timeouts (UDP 30 s after one exchange, TCP 2 min after a close), "
+    "shorter than the NAT64 session timeouts, so a mapping idle that long may change its public port"
 )
 T = TypeVar("T")
 X = TypeVar("X")

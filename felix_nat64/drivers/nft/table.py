@@ -9,8 +9,9 @@ delete and the next create, steered packets would leave untranslated.
 `ct timeout` objects are created just before, in a transaction of their own
 written in nft's text syntax (see `CtTimeout.text`), and compared by name
 only: the name carries the timeouts, while a listing leaves out every
-policy value equal to the kernel's default. Tables we do not own are never
-listed, flushed or changed.
+policy value equal to libnftables' built-in default for its state (nftables
+v1.0.6 src/json.c:302, defaults in src/rule.c:60-77). Tables we do not own
+are never listed, flushed or changed.
 """
 
 from __future__ import annotations
