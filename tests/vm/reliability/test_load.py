@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from felix_nat64.dataplane.fold import desired_from
+from felix_nat64.drivers.nft.table import Nft
 from testbed.netns_exec import socket_in_netns
 from testbed.traffic import (
     BurstResult,
@@ -70,6 +71,13 @@ HOLD_SECONDS = 20.0 if SOAK else 5.0
 
 PORTS = "2000-2003"
 CAPACITY = 8 * 4  # pool4 addresses x ports, per protocol
+
+
+def nft_handles() -> list[tuple[str, int]]:
+    """The handles of the node's felix-nat64 table and of everything in it."""
+    items = Nft().list_table() or []
+    return sorted((kind, int(body["handle"])) for item in items for kind, body in item.items()
+                  if isinstance(body, dict) and "handle" in body)
 
 
 def jool_sessions_of(namespace: str, proto: str, address: str) -> int:
@@ -138,6 +146,7 @@ class TestLoad:
         threads = [threading.Thread(target=burst, args=(i,)) for i in (0, 1)]
         namespace = translator_namespace(LOAD_STREAM, NSP)
         jool_before = jool_stats(namespace)
+        table_before = nft_handles()
         began = time.monotonic()
         for thread in threads:
             thread.start()
@@ -157,6 +166,10 @@ class TestLoad:
             "errors": [r.errors for r in results.values() if r.errors],
             "max_concurrent": sum(r.max_concurrent for r in results.values()),
             "hold_seconds": HOLD_SECONDS, "elapsed_seconds": round(elapsed, 1), **peaks})
+        # Nothing changed, so the table was never rewritten under the load
+        # (a rewrite shows new handles; a delete and create in between hung
+        # or failed connections).
+        assert nft_handles() == table_before
         for r in results.values():
             assert r.succeeded == FLOWS_PER_POD and r.failed == 0 and r.not_started == 0, r
             assert r.max_concurrent == CONCURRENCY_PER_POD, r
