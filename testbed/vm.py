@@ -22,7 +22,9 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 from collections.abc import Sequence
+from typing import IO, TextIO
 
 DEFAULT_MEMORY = "2G"
 LOCK_PATH = "/run/lock/felix-nat64-vm.lock"  # shared by every checkout on the machine
@@ -219,7 +221,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         except VmError as exc:
             print(f"felix-nat64 vm: {exc}", file=sys.stderr)
             return 1
-        return subprocess.run(cmd, env=env, check=False).returncode
+        if sys.stdout.isatty() and sys.stderr.isatty():
+            return subprocess.run(cmd, env=env, check=False).returncode
+        return _run_relayed(cmd, env)
+
+
+def _run_relayed(cmd: list[str], env: dict[str, str]) -> int:
+    """Runs vng with its output passed on through pipes.
+
+    virtme-ng hands qemu /proc/self/fd/1 and 2 as `file` chardevs without
+    `append=on` (virtme-ng 1.42, virtme/commands/run.py lines 2266-2287),
+    and qemu opens such a file with O_TRUNC (chardev/char-file.c). When ours
+    is a log file, the guest's output replaced what the file already held,
+    such as a host test stage's. A pipe cannot be truncated.
+    """
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    relays = [threading.Thread(target=_relay, args=(src, dst), daemon=True)
+              for src, dst in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
+    for relay in relays:
+        relay.start()
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        code = proc.wait()
+    for relay in relays:
+        relay.join()
+    return code
+
+
+def _relay(src: IO[bytes], dst: TextIO) -> None:
+    dst.flush()
+    while chunk := os.read(src.fileno(), 65536):
+        dst.buffer.write(chunk)
+        dst.buffer.flush()
 
 
 if __name__ == "__main__":
