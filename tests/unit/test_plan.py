@@ -45,10 +45,13 @@ def test_ct_timeouts_follow_the_nat64_timeouts() -> None:
                                    tcp_transitory_timeout=300.0))
     assert udp.name == "udp-600" and dict(udp.policy) == {"unreplied": 600, "replied": 600}
     assert "policy = { unreplied : 600, replied : 600 }" in udp.text()
-    # Established gets Jool's established timer, every other state the transitory one.
+    # As Jool times its sessions: established and half-closed on the
+    # established timer; the pod's lone SYN, both FINs and a reset on the
+    # transitory one.
     assert tcp.name == "tcp-10800-300"
-    assert dict(tcp.policy) == {"established": 10800, "syn_sent": 300, "syn_recv": 300, "fin_wait": 300,
-                                "close_wait": 300, "last_ack": 300, "time_wait": 300, "close": 300}
+    assert dict(tcp.policy) == {"established": 10800, "syn_recv": 10800, "fin_wait": 10800,
+                                "close_wait": 10800, "syn_sent": 300, "last_ack": 300, "time_wait": 300,
+                                "close": 300}
     # Swapped values are another object, not a name collision.
     (swapped, _) = ct_timeouts(desired(tcp_established_timeout=300.0, tcp_transitory_timeout=10800.0))
     assert swapped.name == "tcp-300-10800"

@@ -108,27 +108,31 @@ class CtTimeout:
                 f"l3proto ip; policy = {{ {policy} }}; }}")
 
 
-# conntrack's TCP states that Jool's transitory timer covers: every state
-# but established (RFC 6146 section 3.5.2.2: a session that is opening,
-# closing or reset lives for the transitory lifetime).
-TCP_TRANSITORY_STATES = ("syn_sent", "syn_recv", "fin_wait", "close_wait", "last_ack", "time_wait",
-                         "close")
+# conntrack's TCP states by the Jool timer that covers the same moment of a
+# pod's connection (Jool v4.1.9 src/mod/common/steps/filtering_and_updating.c,
+# lines 292-386): the IPv4 side's SYN makes Jool's session established, and a
+# half-closed one (one FIN) stays on the established timer; the pod's lone
+# SYN, both FINs and a reset put it on the transitory timer.
+TCP_ESTABLISHED_STATES = ("established", "syn_recv", "fin_wait", "close_wait")
+TCP_TRANSITORY_STATES = ("syn_sent", "last_ack", "time_wait", "close")
 
 
 def ct_timeouts(desired: DesiredState) -> tuple[CtTimeout, ...]:
     """The conntrack timeouts of NAT64 flows, from the NAT64 session timeouts.
 
     conntrack forgets a UDP mapping 30 s after a single exchange and a TCP
-    one 2 min after its close or 10 s after a reset, while Jool keeps the
-    session 5 and 4 minutes. An established TCP entry gets Jool's
-    established timeout, not conntrack's 5 days: beyond it the translator
-    has forgotten the session anyway. ICMP has none: the nft 1.0.6 parser
+    one 2 min after its close, 10 s after a reset or 1-2 min after a
+    half close, while Jool keeps the session 5 minutes, 4 minutes or its
+    established timeout. An established TCP entry gets Jool's established
+    timeout, not conntrack's 5 days: beyond it the translator has forgotten
+    the session anyway. ICMP has none: the nft 1.0.6 parser
     takes `ct timeout` objects for TCP and UDP only.
     """
     udp = int(desired.timeouts.udp)
+    established = int(desired.timeouts.tcp_established)
     transitory = int(desired.timeouts.tcp_transitory)
     return (
-        CtTimeout("tcp", (("established", int(desired.timeouts.tcp_established)),
+        CtTimeout("tcp", (*((state, established) for state in TCP_ESTABLISHED_STATES),
                           *((state, transitory) for state in TCP_TRANSITORY_STATES))),
         CtTimeout("udp", (("unreplied", udp), ("replied", udp))),
     )
