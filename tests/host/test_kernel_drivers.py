@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any
 
 import nftables
 import pytest
@@ -78,6 +79,61 @@ def nft_cmd(worker: NamespaceExecutor, cmd: str) -> None:
         assert rc == 0, err
 
     worker.call(run)
+
+
+class ElementEvents:
+    """`nft monitor elements` in a namespace: which set elements each step
+    added and deleted, as the kernel reports them. Steps end with `mark()`,
+    an element added to a set of a table of the test's own. (nft 1.0.6's
+    unfiltered monitor crashes on a `ct timeout` deletion.)"""
+
+    def __init__(self, netns: str) -> None:
+        self.netns = netns
+        self._proc: subprocess.Popen[str] | None = None
+        self._out = ""
+        self._marks = 0
+
+    def _nft(self, *args: str, **kw: Any) -> Any:
+        return subprocess.run(["ip", "netns", "exec", self.netns, *args], check=True, **kw)
+
+    def __enter__(self) -> ElementEvents:
+        self._nft("nft", "add table inet marks; add set inet marks steps { type inet_service; }")
+        # Line-buffered: terminate() would lose what stdio still holds.
+        self._proc = subprocess.Popen(["ip", "netns", "exec", self.netns, "stdbuf", "-oL", "nft", "monitor",
+                                       "elements"], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)  # subscribed before the first change
+        return self
+
+    def mark(self) -> None:
+        self._marks += 1
+        self._nft("nft", f"add element inet marks steps {{ {self._marks} }}")
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + 10
+        while self._out.count("inet marks steps") < self._marks and time.monotonic() < deadline:
+            line = self._proc.stdout.readline() if self._proc.stdout else ""
+            self._out += line
+        self._proc.terminate()
+        self._proc.wait(10)
+
+    def steps(self) -> list[tuple[set[tuple[str, str]], set[tuple[str, str]]]]:
+        """(added, deleted) (set, element) pairs of each step."""
+        result: list[tuple[set[tuple[str, str]], set[tuple[str, str]]]] = []
+        added: set[tuple[str, str]] = set()
+        deleted: set[tuple[str, str]] = set()
+        for line in self._out.splitlines():
+            words = line.split(maxsplit=5)
+            if len(words) < 6 or words[1] != "element":
+                continue
+            if words[3] == "marks":
+                result.append((added, deleted))
+                added, deleted = set(), set()
+            elif words[3] == "felix-nat64":
+                elems = {(words[4], e.strip()) for e in words[5].strip("{} ").split(",")}
+                (added if words[0] == "add" else deleted).update(elems)
+        assert len(result) == self._marks, self._out
+        return result
 
 
 class TestNftTable:
@@ -157,6 +213,47 @@ class TestNftTable:
         assert "hook input priority filter;" in listed
         assert handle() == before
         assert node.call(lambda: NftTable().apply(render(d))) == 0
+
+    def test_set_elements_that_stay_are_never_removed_and_readded(self, node: NamespaceExecutor) -> None:
+        # On Linux 6.1 an interval set can miss an element while a transaction
+        # that deletes and re-adds it commits: live flows of the prefixes that
+        # stay would lose packets. The kernel's own event stream shows what
+        # each transaction touched.
+        d2 = desired_state("64:ff9b::/96", "2001:db8:64::/96")
+        d3 = desired_state("64:ff9b::/96", "2001:db8:64::/96", "2001:db8:65::/96")
+        # Rules and ct timeout objects change too (new names), sets do not.
+        d4 = desired_state("64:ff9b::/96", "2001:db8:64::/96", udp_timeout=600.0)
+        # A prefix replaced by a longer one inside it.
+        d5 = desired_state("64:ff9b::/96", "2001:db8:64::a00:0/104", udp_timeout=600.0)
+        node.call(lambda: NftTable().apply(render(d2)))
+        assert node.name is not None
+        with ElementEvents(node.name) as events:
+            for d in (d3, d2, d4):
+                assert node.call(lambda: NftTable().apply(render(d))) == 1  # noqa: B023 - called at once
+                events.mark()
+            # Drift: an element nobody asked for, as a range, and a lost one.
+            nft_cmd(node, "add element inet felix-nat64 prefixes6 { 2001:db8:99::5-2001:db8:99::9 }")
+            nft_cmd(node, "delete element inet felix-nat64 sources6 { fd00:10:244::/64 }")
+            events.mark()
+            for d in (d4, d5, d5):
+                node.call(lambda: NftTable().apply(render(d)))  # noqa: B023 - called at once
+                events.mark()
+        added, removed, refilled, _, repaired, replaced, unchanged = events.steps()
+        # A step never deletes an element it adds: what stays is left alone.
+        for step in events.steps():
+            assert not step[0] & step[1], f"removed and re-added: {step[0] & step[1]}"
+        third = ("prefixes6", "2001:db8:65::/96")
+        assert third in added[0] and not added[1]
+        assert third in removed[1] and not removed[0]
+        assert refilled == (set(), set())  # only rules and ct timeout objects changed
+        foreign = ("prefixes6", "2001:db8:99::5-2001:db8:99::9")
+        assert repaired == ({("sources6", "fd00:10:244::/64")}, {foreign})
+        assert ("prefixes6", "2001:db8:64::/96") in replaced[1]
+        assert ("prefixes6", "2001:db8:64::a00:0/104") in replaced[0]
+        assert all(e[1].startswith("2001:db8:64:") for e in replaced[0] | replaced[1]), replaced
+        assert unchanged == (set(), set())
+        listed = nft_list(node, "set inet felix-nat64 prefixes6")
+        assert "2001:db8:64::a00:0/104" in listed and "64:ff9b::/96" in listed and ":99:" not in listed
 
     def test_foreign_tables_are_never_touched(self, node: NamespaceExecutor) -> None:
         nft_cmd(node, "add table ip calico")

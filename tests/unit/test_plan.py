@@ -72,3 +72,28 @@ def test_nat64_mtu_above_the_pod_mtu_is_warned_about() -> None:
     assert mtu_warnings(1500, None) == []
     (warning,) = mtu_warnings(9000, 1440)
     assert "NAT64MTU 9000 exceeds the pod network MTU 1440" in warning
+
+
+def test_sets_that_stay_change_only_the_elements_that_differ() -> None:
+    rs = render(desired())
+    present = {"prefixes6": ["64:ff9b::", {"prefix": {"addr": "64:ff9b::", "len": 96}},
+                             {"range": ["2001:db8:99::5", "2001:db8:99::9"]}],
+               "sources6": list(rs.elements["sources6"])}
+    cmds = rs.commands(present)
+    by_set: dict[str, list[str]] = {}
+    for cmd in cmds:
+        verb, body = next(iter(cmd.items()))
+        obj, spec = next(iter(body.items()))
+        if obj in ("element", "set"):
+            by_set.setdefault(spec["name"], []).append(f"{verb} {obj}")
+    # Sets that stay: no flush; stale and foreign elements deleted, missing ones added.
+    assert by_set["prefixes6"] == ["add set", "delete element", "add element"]
+    assert by_set["sources6"] == ["add set"]
+    prefixes = [c for c in cmds if "element" in next(iter(c.values())) and
+                next(iter(c.values()))["element"]["name"] == "prefixes6"]
+    stale = ["64:ff9b::", {"range": ["2001:db8:99::5", "2001:db8:99::9"]}]
+    assert prefixes[0]["delete"]["element"]["elem"] == stale
+    assert prefixes[1]["add"]["element"]["elem"] == [{"prefix": {"addr": "2001:db8:64::", "len": 96}}]
+    # Sets not in `present` are flushed and filled, as on creation.
+    assert {"flush": {"set": {"family": "inet", "table": "felix-nat64", "name": "refused6"}}} in cmds
+    assert rs.element_updates("sources6", rs.elements["sources6"]) == []

@@ -1,7 +1,8 @@
 """Renders the desired nftables table as libnftables JSON (pure).
 
 Everything lives in one `inet felix-nat64` table, so the whole ruleset is
-replaced in one transaction and nothing else on the node is touched:
+replaced in one transaction and nothing else on the node is touched (sets
+that stay change element by element, see `Ruleset.element_updates`):
 
 prerouting (filter, mangle priority)
     packets from workload interfaces whose source is an allowed pod CIDR and
@@ -42,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +145,18 @@ def _net_elem(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Any:
     return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
 
+def element_key(elem: Any) -> Any:
+    """A set element as a comparable value: the network of an address or
+    prefix, the bounds of a range, the JSON text of anything else."""
+    if isinstance(elem, str):
+        return ipaddress.ip_network(elem)
+    if isinstance(elem, dict) and "prefix" in elem:
+        return ipaddress.ip_network((elem["prefix"]["addr"], elem["prefix"]["len"]))
+    if isinstance(elem, dict) and "range" in elem:
+        return tuple(ipaddress.ip_address(a) for a in elem["range"])
+    return json.dumps(elem, sort_keys=True)
+
+
 def _match(left: Any, right: Any, op: str = "==") -> JsonObj:
     return {"match": {"op": op, "left": left, "right": right}}
 
@@ -193,8 +206,15 @@ class Ruleset:
         lines = [f"add table {FAMILY} {TABLE}", *(obj.text() for obj in self.ct_timeouts)]
         return "\n".join(lines)
 
-    def commands(self) -> list[JsonObj]:
-        """Commands that create or refill the table (used inside one transaction)."""
+    def commands(self, present: Mapping[str, Sequence[Any]] | None = None) -> list[JsonObj]:
+        """Commands that create or refill the table (used inside one transaction).
+
+        `present` holds, for each set that stays in the kernel, the elements
+        it has now: such a set gets only the deletions and additions that
+        make it equal, so an element kept is never removed and re-added (see
+        `element_updates`). Any other set is flushed and filled.
+        """
+        present = present or {}
         cmds: list[JsonObj] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
         for name in COUNTERS:
             cmds.append({"add": {"counter": {"family": FAMILY, "table": TABLE, "name": name}}})
@@ -203,6 +223,9 @@ class Ruleset:
             cmds.append({"flush": {"chain": {"family": FAMILY, "table": TABLE, "name": chain["name"]}}})
         for s in self.sets:
             cmds.append({"add": {"set": s}})
+            if s["name"] in present:
+                cmds += self.element_updates(s["name"], present[s["name"]])
+                continue
             cmds.append({"flush": {"set": {"family": FAMILY, "table": TABLE, "name": s["name"]}}})
             elems = self.elements[s["name"]]
             if elems:
@@ -210,6 +233,32 @@ class Ruleset:
                                                  "elem": elems}}})
         for rule in self.rules:
             cmds.append({"add": {"rule": rule}})
+        return cmds
+
+    def element_updates(self, name: str, present: Sequence[Any]) -> list[JsonObj]:
+        """The deletions, then additions, that turn a set holding `present`
+        into this one.
+
+        Linux 6.1's rbtree set backend (the one interval sets use) can miss
+        an element while a transaction that removes and re-adds it commits:
+        its lookup keeps the closest lower element it walked past even when
+        that copy is inactive, and then reports no match (v6.1.192
+        net/netfilter/nft_set_rbtree.c lines 73-80 and 105-113). Flushing and
+        refilling a set would let packets of live flows slip past it; only
+        the elements that change are touched. Overlap checks skip elements
+        deleted earlier in the same transaction (line 371), so a prefix can
+        be replaced by one that overlaps it.
+        """
+        wanted = {element_key(e): e for e in self.elements[name]}
+        have = {element_key(e): e for e in present}
+        ref = {"family": FAMILY, "table": TABLE, "name": name}
+        cmds: list[JsonObj] = []
+        stale = [elem for key, elem in have.items() if key not in wanted]
+        if stale:
+            cmds.append({"delete": {"element": {**ref, "elem": stale}}})
+        missing = [elem for key, elem in wanted.items() if key not in have]
+        if missing:
+            cmds.append({"add": {"element": {**ref, "elem": missing}}})
         return cmds
 
     def rule_tags(self) -> list[tuple[str, str]]:

@@ -2,10 +2,13 @@
 
 The kernel's table is read back and compared with the desired one (chains,
 tagged rules in order, set contents, counters, `ct timeout` objects). When
-anything differs, the table is refilled in one libnftables transaction:
-either everything changes or nothing does, and named counters keep their
-values. The table itself is never deleted while it is wanted: between a
-delete and the next create, steered packets would leave untranslated.
+only set contents differ, just the elements that change are deleted and
+added; otherwise the table is refilled, its sets still changed element by
+element (see `Ruleset.element_updates` for why an element kept must not be
+re-added). Either way it is one libnftables transaction: everything changes
+or nothing does, and named counters keep their values. The table itself is
+never deleted while it is wanted: between a delete and the next create,
+steered packets would leave untranslated.
 `ct timeout` objects are created just before, in a transaction of their own
 written in nft's text syntax (see `CtTimeout.text`), and compared by name
 only: the name carries the timeouts, while a listing leaves out every
@@ -24,7 +27,7 @@ from typing import Any
 
 import nftables
 
-from felix_nat64.drivers.nft.ruleset import COUNTERS, Ruleset
+from felix_nat64.drivers.nft.ruleset import COUNTERS, Ruleset, element_key
 from felix_nat64.logs import EventLogger
 from felix_nat64.model.ownership import NFT_FAMILY as FAMILY
 from felix_nat64.model.ownership import NFT_TABLE as TABLE
@@ -100,21 +103,29 @@ class Nft:
         return result
 
 
+def _unwrapped(item: Any) -> Any:
+    # Elements with attributes (timeouts, counters) come wrapped.
+    return item["elem"].get("val") if isinstance(item, dict) and "elem" in item else item
+
+
 def _elem_nets(elems: Iterable[Any]) -> frozenset[Net]:
     nets: list[Net] = []
     for item in elems:
-        # Elements with attributes (timeouts, counters) come wrapped.
-        elem = item["elem"].get("val") if isinstance(item, dict) and "elem" in item else item
-        if isinstance(elem, str):
-            nets.append(ipaddress.ip_network(elem))
-        elif isinstance(elem, dict) and "prefix" in elem:
-            nets.append(ipaddress.ip_network((elem["prefix"]["addr"], elem["prefix"]["len"])))
-        elif isinstance(elem, dict) and "range" in elem:
-            first, last = (ipaddress.ip_address(a) for a in elem["range"])
-            nets.extend(ipaddress.summarize_address_range(first, last))
+        key = element_key(_unwrapped(item))
+        if isinstance(key, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            nets.append(key)
+        elif isinstance(key, tuple):
+            nets.extend(ipaddress.summarize_address_range(*key))
     v4 = [n for n in nets if n.version == 4]
     v6 = [n for n in nets if n.version == 6]
     return frozenset([*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6)])
+
+
+def _set_elements(items: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Each listed set's elements as libnftables gives them (attributes
+    such as counters left off), for deleting exactly what is there."""
+    return {item["set"]["name"]: [_unwrapped(e) for e in item["set"].get("elem", [])]
+            for item in items if "set" in item}
 
 
 def _by_chain(rules: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -196,9 +207,18 @@ class NftTable:
         have = view_of_kernel(items)
         if have == want:
             return 0
+        present = _set_elements(items)
         self._log.info("table differs, rewriting", detail=_difference(have, want))
+        if _same_shape(have, want):
+            # Only set contents differ: the elements that change, nothing else.
+            self.nft.run([cmd for name, _ in sorted(want.sets.items())
+                          for cmd in desired.element_updates(name, present[name])])
+            return 1
         self._objects(desired, have)
-        self.nft.run(_removals(have, want) + desired.commands())
+        removals = _removals(have, want, items)
+        dropped = {c["delete"]["set"]["name"] for c in removals if "set" in c.get("delete", {})}
+        kept = {name: elems for name, elems in present.items() if name not in dropped}
+        self.nft.run(removals + desired.commands(kept))
         stale = {name for name, _ in have.objects - want.objects}
         if stale:
             # Only now does no rule refer to them. In text: libnftables 1.0.6
@@ -214,21 +234,29 @@ class NftTable:
             self.nft.run_text(desired.object_commands())
 
 
-def _removals(have: TableView, want: TableView) -> list[dict[str, Any]]:
+def _removals(have: TableView, want: TableView, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Commands that clear what the refill cannot overwrite: chains and sets
     we no longer declare or whose hook or type changed. They run in the
-    refill's transaction, after a flush of every rule that could refer to
-    them."""
+    refill's transaction, after a flush of every chain's rules (rules are
+    all that refer to chains and sets; set elements are left alone)."""
     wanted_chains = {chain[0]: chain for chain in want.chains}
     old_chains = sorted(c[0] for c in have.chains if wanted_chains.get(c[0]) != c)
     old_sets = sorted(name for name, (kind, _) in have.sets.items()
                       if name not in want.sets or want.sets[name][0] != kind)
     if not old_chains and not old_sets:
         return []
-    cmds: list[dict[str, Any]] = [{"flush": {"table": {"family": FAMILY, "name": TABLE}}}]
+    listed = sorted(item["chain"]["name"] for item in items if "chain" in item)
+    cmds = [{"flush": {"chain": {"family": FAMILY, "table": TABLE, "name": n}}} for n in listed]
     cmds += [{"delete": {"chain": {"family": FAMILY, "table": TABLE, "name": n}}} for n in old_chains]
     cmds += [{"delete": {"set": {"family": FAMILY, "table": TABLE, "name": n}}} for n in old_sets]
     return cmds
+
+
+def _same_shape(have: TableView, want: TableView) -> bool:
+    """Whether the table differs only in the contents of its sets."""
+    return (have.chains, have.rules, have.counters, have.objects) == \
+        (want.chains, want.rules, want.counters, want.objects) and \
+        {n: kind for n, (kind, _) in have.sets.items()} == {n: kind for n, (kind, _) in want.sets.items()}
 
 
 def _difference(have: TableView, want: TableView) -> str:

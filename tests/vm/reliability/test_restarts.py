@@ -113,8 +113,9 @@ def felix_restart_slow_snapshot(pool: DriverPool, old: RunningDriver) -> Running
 
 
 def settings_change(pool: DriverPool, old: RunningDriver) -> RunningDriver:
-    """Not a restart: a third prefix arrives, so the nftables table is
-    rewritten and a third translator is built next to the live ones."""
+    """Not a restart: a third prefix arrives, so a third translator is built
+    next to the live ones and its elements join the nftables sets, which
+    must not disturb the other prefixes' lookups (tests/vm/test_set_updates.py)."""
     update = stream_frames(node_stream(prefixes=f"{WKP},{NSP},{THIRD_PREFIX}"))[0]
     old.felix.send(update)
     return old
