@@ -132,7 +132,9 @@ class KernelDataplane:
     def apply(self, desired: DesiredState) -> ApplyOutcome:
         changes = 0
         warnings: list[str] = []
-        blocks_before = {f.block for f in self._step("translator discovery", self._find) if f.block}
+        # What exists before this apply: anything not wanted is stale (an
+        # apply only creates wanted translators), and its blocks may be gone.
+        found = self._step("translator discovery", self._find)
         if desired.active:
             problems = self._step("forwarding check", self._check_forwarding)
             if problems:
@@ -154,9 +156,9 @@ class KernelDataplane:
             changes += self._step("nftables table", self._nft.apply, None)
             changes += self._step("node routing", self._routing.apply, None, ())
         wanted = {t.tid for t in desired.translators}
-        stale = [f for f in self._step("translator discovery", self._find) if f.tid not in wanted]
+        stale = [f for f in found if f.tid not in wanted]
         changes += self._each(stale, lambda f: f"removing translator {f.tid}", self._remove_translator)
-        gone = sorted(blocks_before - set(desired.blocks.values()))
+        gone = sorted({f.block for f in found if f.block} - set(desired.blocks.values()))
         try:
             changes += forget_blocks(gone)
         except (OSError, NetlinkError) as exc:

@@ -53,8 +53,9 @@ from felix_nat64.model.ownership import NFT_TABLE as TABLE
 from felix_nat64.model.state import DesiredState
 
 # `ct timeout set` only acts on a conntrack entry that exists and is not yet
-# confirmed (net/netfilter/nft_ct.c, nft_ct_timeout_obj_eval), so it runs
-# after conntrack's lookup (-200) on the flow's first packet.
+# confirmed (Linux v6.1.192 net/netfilter/nft_ct.c:901-902, in
+# nft_ct_timeout_obj_eval), so it runs after conntrack's lookup (-200) on the
+# flow's first packet.
 PRIO_CT_TIMEOUT = -190
 PRIO_MANGLE = -150
 PRIO_FILTER = 0
@@ -86,13 +87,14 @@ JsonObj = dict[str, Any]
 
 @dataclass(frozen=True)
 class CtTimeout:
-    """An nftables `ct timeout` object for the IPv4 leg of one L4 protocol.
+    """An nftables `ct timeout` object for both legs' conntrack entries of
+    one L4 protocol.
 
     The name carries the timeouts, so a changed setting is a new object and
     the read-back comparison never has to trust a listed policy.
     """
 
-    protocol: str  # "udp"
+    protocol: str  # "tcp" or "udp"
     policy: tuple[tuple[str, int], ...]  # (conntrack state, seconds)
 
     @property
@@ -282,7 +284,8 @@ def render(desired: DesiredState, *, with_ct_timeouts: bool = True) -> Ruleset:
         for obj in rs.ct_timeouts:
             # The IPv4 leg's entry is made by its first packet, which comes
             # out of a translator; the IPv6 leg's by the pod's first packet.
-            # (The objects' l3proto does not restrict where they apply.)
+            # (The objects' l3proto does not restrict where they apply: only
+            # the L4 protocol is checked, v6.1.192 nft_ct.c:898.)
             rs.rule("timeouts", f"ct-timeout-ipv4-{obj.protocol}", [
                 new_flow,
                 _match(_meta("iifname"), trans_if),

@@ -208,17 +208,16 @@ class NftTable:
         if have == want:
             return 0
         present = _set_elements(items)
-        self._log.info("table differs, rewriting", detail=_difference(have, want))
+        self._log.info("table differs, updating", detail=_difference(have, want))
         if _same_shape(have, want):
             # Only set contents differ: the elements that change, nothing else.
-            self.nft.run([cmd for name, _ in sorted(want.sets.items())
+            self.nft.run([cmd for name in sorted(want.sets)
                           for cmd in desired.element_updates(name, present[name])])
             return 1
         self._objects(desired, have)
-        removals = _removals(have, want, items)
-        dropped = {c["delete"]["set"]["name"] for c in removals if "set" in c.get("delete", {})}
-        kept = {name: elems for name, elems in present.items() if name not in dropped}
-        self.nft.run(removals + desired.commands(kept))
+        old_sets = _replaced_sets(have, want)
+        kept = {name: elems for name, elems in present.items() if name not in old_sets}
+        self.nft.run(_removals(have, want, items, old_sets) + desired.commands(kept))
         stale = {name for name, _ in have.objects - want.objects}
         if stale:
             # Only now does no rule refer to them. In text: libnftables 1.0.6
@@ -234,15 +233,20 @@ class NftTable:
             self.nft.run_text(desired.object_commands())
 
 
-def _removals(have: TableView, want: TableView, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Commands that clear what the refill cannot overwrite: chains and sets
-    we no longer declare or whose hook or type changed. They run in the
+def _replaced_sets(have: TableView, want: TableView) -> list[str]:
+    """Sets we no longer declare or whose type changed."""
+    return sorted(name for name, (kind, _) in have.sets.items()
+                  if name not in want.sets or want.sets[name][0] != kind)
+
+
+def _removals(have: TableView, want: TableView, items: list[dict[str, Any]],
+              old_sets: list[str]) -> list[dict[str, Any]]:
+    """Commands that clear what the refill cannot overwrite: chains we no
+    longer declare or whose hook changed, and `old_sets`. They run in the
     refill's transaction, after a flush of every chain's rules (rules are
     all that refer to chains and sets; set elements are left alone)."""
     wanted_chains = {chain[0]: chain for chain in want.chains}
     old_chains = sorted(c[0] for c in have.chains if wanted_chains.get(c[0]) != c)
-    old_sets = sorted(name for name, (kind, _) in have.sets.items()
-                      if name not in want.sets or want.sets[name][0] != kind)
     if not old_chains and not old_sets:
         return []
     listed = sorted(item["chain"]["name"] for item in items if "chain" in item)
