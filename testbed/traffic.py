@@ -720,12 +720,7 @@ def ping(
             if seq > 1:
                 time.sleep(interval)
             payload = (_FILLER * (payload_size // len(_FILLER) + 1))[:payload_size]
-            header = struct.pack(
-                "!BBHHH", _ICMP6_ECHO_REQUEST if v6 else _ICMP_ECHO_REQUEST, 0, 0, ident, seq
-            )
-            message = header + payload
-            if not v6:  # the kernel fills in the ICMPv6 checksum, not the ICMP one
-                message = header[:2] + struct.pack("!H", _checksum(message)) + header[4:] + payload
+            message = _echo_request(v6, ident, seq, payload)
             start = time.monotonic()
             try:
                 sock.sendto(message, (str(target), 0))
@@ -767,6 +762,13 @@ class Hop:
     answer: str  # "time exceeded", "reply", another ICMP error's name, or "" (silence)
 
 
+def _echo_request(v6: bool, ident: int, seq: int, payload: bytes) -> bytes:
+    header = struct.pack("!BBHHH", _ICMP6_ECHO_REQUEST if v6 else _ICMP_ECHO_REQUEST, 0, 0, ident, seq)
+    if v6:  # the kernel fills in the ICMPv6 checksum, not the ICMP one
+        return header + payload
+    return header[:2] + struct.pack("!H", _checksum(header + payload)) + header[4:] + payload
+
+
 def traceroute(
     netns: str | None, dst: IPAddress | str, *, max_hops: int = 8, reply_timeout: float = 2.0
 ) -> tuple[Hop, ...]:
@@ -783,13 +785,7 @@ def traceroute(
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, limit)
             else:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, limit)
-            header = struct.pack("!BBHHH", _ICMP6_ECHO_REQUEST if v6 else _ICMP_ECHO_REQUEST, 0, 0, ident,
-                                 limit)
-            payload = _FILLER[:32]
-            message = header + payload
-            if not v6:
-                message = header[:2] + struct.pack("!H", _checksum(message)) + header[4:] + payload
-            sock.sendto(message, (str(target), 0))
+            sock.sendto(_echo_request(v6, ident, limit, _FILLER[:32]), (str(target), 0))
             hop = Hop(limit, None, "")
             deadline = time.monotonic() + reply_timeout
             while (left := deadline - time.monotonic()) > 0:

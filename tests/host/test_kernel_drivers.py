@@ -16,7 +16,6 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Any
 
 import nftables
 import pytest
@@ -37,7 +36,7 @@ from felix_nat64.model.ownership import is_our_route
 from felix_nat64.model.settings import Settings
 from felix_nat64.model.state import DesiredState, Host, Inputs, Pool
 from felix_nat64.model.values import PortRange
-from testbed.netns_exec import socket_in_netns, write_sysctls
+from testbed.netns_exec import run_command_in_netns, socket_in_netns, write_sysctls
 
 N6 = ipaddress.IPv6Network
 
@@ -93,11 +92,9 @@ class ElementEvents:
         self._out = ""
         self._marks = 0
 
-    def _nft(self, *args: str, **kw: Any) -> Any:
-        return subprocess.run(["ip", "netns", "exec", self.netns, *args], check=True, **kw)
-
     def __enter__(self) -> ElementEvents:
-        self._nft("nft", "add table inet marks; add set inet marks steps { type inet_service; }")
+        run_command_in_netns(self.netns, ["nft", "add table inet marks; add set inet marks steps "
+                                                 "{ type inet_service; }"])
         # Line-buffered: terminate() would lose what stdio still holds.
         self._proc = subprocess.Popen(["ip", "netns", "exec", self.netns, "stdbuf", "-oL", "nft", "monitor",
                                        "elements"], stdout=subprocess.PIPE, text=True)
@@ -106,7 +103,7 @@ class ElementEvents:
 
     def mark(self) -> None:
         self._marks += 1
-        self._nft("nft", f"add element inet marks steps {{ {self._marks} }}")
+        run_command_in_netns(self.netns, ["nft", f"add element inet marks steps {{ {self._marks} }}"])
 
     def __exit__(self, *exc: object) -> None:
         assert self._proc is not None
@@ -235,12 +232,13 @@ class TestNftTable:
             nft_cmd(node, "add element inet felix-nat64 prefixes6 { 2001:db8:99::5-2001:db8:99::9 }")
             nft_cmd(node, "delete element inet felix-nat64 sources6 { fd00:10:244::/64 }")
             events.mark()
-            for d in (d4, d5, d5):
-                node.call(lambda: NftTable().apply(render(d)))  # noqa: B023 - called at once
+            for d, changed in ((d4, 1), (d5, 1), (d5, 0)):
+                assert node.call(lambda: NftTable().apply(render(d))) == changed  # noqa: B023 - called at once
                 events.mark()
-        added, removed, refilled, _, repaired, replaced, unchanged = events.steps()
+        steps = events.steps()
+        added, removed, refilled, _, repaired, replaced, unchanged = steps
         # A step never deletes an element it adds: what stays is left alone.
-        for step in events.steps():
+        for step in steps:
             assert not step[0] & step[1], f"removed and re-added: {step[0] & step[1]}"
         third = ("prefixes6", "2001:db8:65::/96")
         assert third in added[0] and not added[1]

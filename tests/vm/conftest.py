@@ -11,10 +11,14 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from testbed.vm import in_vm
+
+if TYPE_CHECKING:
+    from tests.vm.dataplane_fixtures import RunningDriver
 
 HERE = Path(__file__).resolve().parent
 NOT_IN_VM_EXIT = 3
@@ -58,3 +62,9 @@ def make_netns() -> Iterator[Callable[[], str]]:
 @pytest.fixture
 def netns(make_netns: Callable[[], str]) -> str:
     return make_netns()
+
+
+@pytest.fixture
+def exclusive(driver: RunningDriver) -> None:
+    """Stops the module's `driver` fixture: the test runs drivers of its own."""
+    driver.stop()

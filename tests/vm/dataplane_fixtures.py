@@ -101,6 +101,17 @@ def start_driver(stream: bytes, status_file: str) -> RunningDriver:
     return RunningDriver(felix, status_file)
 
 
+@contextlib.contextmanager
+def ready_driver(stream: bytes, status_file: str) -> Iterator[RunningDriver]:
+    """A driver fed `stream`, once it is ready; stopped on the way out."""
+    d = start_driver(stream, status_file)
+    try:
+        d.wait_ready()
+        yield d
+    finally:
+        d.stop()
+
+
 @dataclass
 class Node:
     topo: topo_mod.Topology

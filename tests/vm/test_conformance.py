@@ -44,6 +44,7 @@ from tests.vm.dataplane_fixtures import (
     RunningDriver,
     nat64,
     node_stream,
+    ready_driver,
     start_driver,
     stream_frames,
 )
@@ -62,16 +63,8 @@ IPV6_RECVERR = 25
 
 @pytest.fixture(scope="module")
 def driver(node: Node) -> Iterator[RunningDriver]:
-    d = start_driver(STREAM, node.status_file)
-    d.wait_ready()
-    yield d
-    d.stop()
-
-
-@pytest.fixture
-def exclusive(driver: RunningDriver) -> None:
-    """Stops the module's driver: the test runs one of its own."""
-    driver.stop()
+    with ready_driver(STREAM, node.status_file) as d:
+        yield d
 
 
 @pytest.fixture

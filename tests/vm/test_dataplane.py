@@ -26,6 +26,7 @@ from tests.vm.dataplane_fixtures import (
     kernel_leftovers,
     nat64,
     node_stream,
+    ready_driver,
     start_driver,
     stream_frames,
 )
@@ -38,16 +39,8 @@ GLOBAL = "192.0.0.10"
 
 @pytest.fixture(scope="module")
 def driver(node: Node) -> Iterator[RunningDriver]:
-    d = start_driver(node_stream(), node.status_file)
-    d.wait_ready()
-    yield d
-    d.stop()
-
-
-@pytest.fixture
-def exclusive(driver: RunningDriver) -> None:
-    """Stops the shared driver: the test runs drivers of its own."""
-    driver.stop()
+    with ready_driver(node_stream(), node.status_file) as d:
+        yield d
 
 
 def pod(node: Node, i: int = 0) -> str:

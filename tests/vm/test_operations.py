@@ -31,8 +31,8 @@ from tests.vm.dataplane_fixtures import (
     metric,
     nat64,
     node_stream,
+    ready_driver,
     scrape,
-    start_driver,
 )
 
 DOC = "198.51.100.10"
@@ -45,11 +45,9 @@ PODS = (("shop", "web-0"), ("dns", "resolver-1"))
 @pytest.fixture(scope="module")
 def driver(node: Node) -> Iterator[RunningDriver]:
     workloads = [(ns, name, str(node.topo.pod(i).address)) for i, (ns, name) in enumerate(PODS)]
-    d = start_driver(node_stream(extra={"NAT64MetricsPort": "9096", "NAT64LogFormat": "json"},
-                                 workloads=workloads), node.status_file)
-    d.wait_ready()
-    yield d
-    d.stop()
+    stream = node_stream(extra={"NAT64MetricsPort": "9096", "NAT64LogFormat": "json"}, workloads=workloads)
+    with ready_driver(stream, node.status_file) as d:
+        yield d
 
 
 
